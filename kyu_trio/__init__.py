@@ -1,0 +1,61 @@
+"""kyu-trio: a distributed job queue for trio, with PostgreSQL as the source of truth and
+Redis as the dispatch queue.
+
+Example::
+
+    import trio
+    from kyu_trio import Config, Queue
+
+    queue = Queue(Config(dsn="postgresql://localhost/app"))
+
+    @queue.handler("send_email")
+    async def send_email(payload: str) -> None:
+        ...
+
+    trio.run(queue.serve)
+"""
+
+from ._clock import Clock as Clock
+from ._clock import SystemClock as SystemClock
+from ._clock import TrioClock as TrioClock
+from ._config import Config as Config
+from ._errors import ConfigError as ConfigError
+from ._errors import InvalidJobError as InvalidJobError
+from ._errors import JobNotFound as JobNotFound
+from ._errors import KyuConnectionError as KyuConnectionError
+from ._errors import KyuError as KyuError
+from ._errors import NotConnectedError as NotConnectedError
+from ._errors import SchemaError as SchemaError
+from ._errors import UnknownJobType as UnknownJobType
+from ._job import EnqueueRequest as EnqueueRequest
+from ._job import Job as Job
+from ._job import JobStatus as JobStatus
+from .broker._memory import MemoryBroker as MemoryBroker
+from .runtime._handlers import current_job as current_job
+from .runtime._queue import Queue as Queue
+from .store._memory import MemoryStore as MemoryStore
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Clock",
+    "Config",
+    "ConfigError",
+    "EnqueueRequest",
+    "InvalidJobError",
+    "Job",
+    "JobNotFound",
+    "JobStatus",
+    "KyuConnectionError",
+    "KyuError",
+    "MemoryBroker",
+    "MemoryStore",
+    "NotConnectedError",
+    "Queue",
+    "SchemaError",
+    "SystemClock",
+    "TrioClock",
+    "UnknownJobType",
+    "__version__",
+    "current_job",
+]

@@ -1,0 +1,167 @@
+"""The seam between the runtime and I/O: the `Store` (PostgreSQL) and `Broker` (Redis)
+protocols, and the small data classes that cross it.
+
+Every state transition is a Store method whose effect is conditional on the row's
+current state, so races between processes resolve in the store, not in Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
+
+import attrs
+
+from ._job import Job, JobStatus
+
+
+@attrs.frozen
+class NewJob:
+    """A validated job about to be inserted."""
+
+    id: str
+    queue: str
+    job_type: str
+    payload: str
+    priority: int
+    max_retries: int
+    scheduled_at: datetime
+    job_timeout: float
+    status: JobStatus  # PENDING when due now, SCHEDULED when due later
+
+
+@attrs.frozen
+class Ready:
+    """A job that is ready to run: its id and what orders it in the broker."""
+
+    id: str
+    priority: int
+    seq: int
+
+
+@attrs.frozen
+class Lease:
+    """A worker's hold on a running job: the claim token that fences its writes."""
+
+    id: str
+    attempt: int
+
+
+@attrs.frozen
+class Failure:
+    """A failed run, with the state the policy decided: FAILED (retry at ``due``) or DEAD."""
+
+    lease: Lease
+    status: JobStatus
+    error_message: str
+    due: datetime | None = None
+
+
+@attrs.frozen
+class Rescue:
+    """What a reaper pass did: jobs put back to pending (to push), and ids marked dead."""
+
+    requeued: list[Ready]
+    dead: list[str]
+
+
+class CancelOutcome:
+    CANCELLED = "cancelled"
+    NOT_CANCELLABLE = "not_cancellable"
+    NOT_FOUND = "not_found"
+
+
+@attrs.frozen
+class CancelResult:
+    outcome: str
+    queue: str | None = None
+
+
+class Store(Protocol):
+    """Durable job state. Implementations: `PostgresStore`, `MemoryStore`."""
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    async def insert_jobs(self, jobs: Sequence[NewJob], now: datetime) -> list[Ready]:
+        """Insert jobs in order; return the PENDING ones (to push) with their sequence."""
+        ...
+
+    async def get_job(self, job_id: str) -> Job | None: ...
+
+    async def cancel_job(self, job_id: str, now: datetime) -> CancelResult: ...
+
+    async def dead_jobs(self, queue: str, limit: int) -> list[Job]: ...
+
+    async def claim_jobs(
+        self, queue: str, ids: Sequence[str], worker_id: str, now: datetime
+    ) -> list[Job]:
+        """Move due, ready jobs among ``ids`` to RUNNING for this worker (attempt + 1)."""
+        ...
+
+    async def complete_jobs(
+        self, leases: Sequence[Lease], worker_id: str, now: datetime
+    ) -> list[str]:
+        """RUNNING -> COMPLETED for jobs this worker still holds; return those ids."""
+        ...
+
+    async def fail_jobs(
+        self, failures: Sequence[Failure], worker_id: str, now: datetime
+    ) -> list[str]: ...
+
+    async def requeue_jobs(
+        self, leases: Sequence[Lease], worker_id: str, now: datetime
+    ) -> list[Ready]:
+        """RUNNING -> PENDING without spending a retry (shutdown); return what to push."""
+        ...
+
+    async def heartbeat(self, leases: Sequence[Lease], worker_id: str, now: datetime) -> int: ...
+
+    async def promote_due(self, queue: str, now: datetime, limit: int) -> list[Ready]:
+        """SCHEDULED/FAILED jobs due by ``now`` -> PENDING, in due order; at most ``limit``."""
+        ...
+
+    async def rescue_stale(
+        self, queue: str, now: datetime, stale_before: datetime, limit: int
+    ) -> Rescue:
+        """RUNNING jobs whose heartbeat is older than ``stale_before`` and whose own
+        ``job_timeout`` has passed -> PENDING spending a retry, or DEAD when none is left."""
+        ...
+
+    async def pending_after(self, queue: str, after_seq: int, limit: int) -> list[Ready]:
+        """PENDING jobs with ``seq > after_seq`` in seq order (for resyncing the broker)."""
+        ...
+
+
+class Broker(Protocol):
+    """The dispatch queue: per-queue sets of ready job ids, lowest score first.
+
+    Implementations: `RedisBroker`, `MemoryBroker`.
+    """
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    async def push(self, queue: str, entries: Sequence[Ready]) -> None: ...
+
+    async def pop(self, queue: str, count: int) -> list[str]:
+        """Pop up to ``count`` ids at once, without waiting."""
+        ...
+
+    async def pop_wait(self, queue: str, wait: float) -> list[str]:
+        """Pop one id, waiting up to ``wait`` seconds for one to arrive."""
+        ...
+
+    async def remove(self, queue: str, ids: Sequence[str]) -> None: ...
+
+    async def size(self, queue: str) -> int: ...
+
+    async def missing(self, queue: str, ids: Sequence[str]) -> list[str]:
+        """The ids among ``ids`` that are not in the queue's set."""
+        ...
+
+    async def claim_epoch(self, queue: str) -> bool:
+        """Set the queue's marker key if absent. True means it was absent: the broker
+        lost its data (flushed, restarted empty) or is new, and must be resynced."""
+        ...

@@ -1,0 +1,79 @@
+"""An in-memory `Broker`: sorted sets of ids in dicts, with waiters woken on push."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import trio
+
+from .._ports import Ready
+from .._score import score
+
+
+class MemoryBroker:
+    """Behaves as `RedisBroker` does, including losing everything on `flush()`."""
+
+    def __init__(self) -> None:
+        self.sets: dict[str, dict[str, float]] = {}
+        self._markers: set[str] = set()
+        self._pushed = trio.Event()
+
+    def flush(self) -> None:
+        """Forget everything, as FLUSHALL or a restart without persistence would."""
+        self.sets.clear()
+        self._markers.clear()
+
+    async def open(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def close(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def push(self, queue: str, entries: Sequence[Ready]) -> None:
+        await trio.lowlevel.checkpoint()
+        members = self.sets.setdefault(queue, {})
+        for entry in entries:
+            members[entry.id] = score(entry.priority, entry.seq)
+        if entries:
+            self._pushed.set()
+            self._pushed = trio.Event()
+
+    def _pop_now(self, queue: str, count: int) -> list[str]:
+        members = self.sets.get(queue, {})
+        ids = sorted(members, key=lambda m: (members[m], m))[:count]
+        for job_id in ids:
+            del members[job_id]
+        return ids
+
+    async def pop(self, queue: str, count: int) -> list[str]:
+        await trio.lowlevel.checkpoint()
+        return self._pop_now(queue, count)
+
+    async def pop_wait(self, queue: str, wait: float) -> list[str]:
+        await trio.lowlevel.checkpoint()
+        with trio.move_on_after(wait):
+            while not self.sets.get(queue):
+                await self._pushed.wait()
+        return self._pop_now(queue, 1)
+
+    async def remove(self, queue: str, ids: Sequence[str]) -> None:
+        await trio.lowlevel.checkpoint()
+        members = self.sets.get(queue, {})
+        for job_id in ids:
+            members.pop(job_id, None)
+
+    async def size(self, queue: str) -> int:
+        await trio.lowlevel.checkpoint()
+        return len(self.sets.get(queue, {}))
+
+    async def missing(self, queue: str, ids: Sequence[str]) -> list[str]:
+        await trio.lowlevel.checkpoint()
+        members = self.sets.get(queue, {})
+        return [i for i in ids if i not in members]
+
+    async def claim_epoch(self, queue: str) -> bool:
+        await trio.lowlevel.checkpoint()
+        if queue in self._markers:
+            return False
+        self._markers.add(queue)
+        return True

@@ -1,0 +1,111 @@
+"""`RedisBroker`: the `Broker` on Redis through redis-py.
+
+Each queue is one sorted set keyed by the queue name, holding job ids only. redis-py's
+calls block, so each runs in a worker thread through a `trio.CapacityLimiter` sized to
+the connection pool. Nothing here is the source of truth: PostgreSQL is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import redis
+import redis.exceptions
+import trio
+
+from .._dsn import mask_password, redis_address
+from .._errors import KyuConnectionError, KyuError
+from .._ports import Ready
+from .._score import score
+
+T = TypeVar("T")
+
+CONNECT_TIMEOUT = 5.0
+# Longer than any blocking pop we issue, so a live but idle connection never times out.
+SOCKET_TIMEOUT = 15.0
+
+
+def marker_key(queue: str) -> str:
+    # '~' is not allowed in queue names, so no queue's set can collide with a marker.
+    return f"{queue}:~epoch"
+
+
+class RedisBroker:
+    """Ready job ids in Redis sorted sets; lowest score pops first."""
+
+    def __init__(self, url: str, pool_size: int = 10) -> None:
+        self._url = url
+        self._address = redis_address(url)
+        self._pool_size = pool_size
+        self._client: redis.Redis | None = None
+        self._limiter = trio.CapacityLimiter(pool_size)
+
+    def _connection_error(self, exc: BaseException) -> KyuConnectionError:
+        return KyuConnectionError(
+            f"Redis at {self._address} is unreachable or went away: "
+            f"{mask_password(str(exc)) or type(exc).__name__}"
+        )
+
+    async def _run(self, fn: Callable[[redis.Redis], T]) -> T:
+        client = self._client
+        if client is None:
+            raise KyuError("the Redis broker is not open")
+        try:
+            return await trio.to_thread.run_sync(fn, client, limiter=self._limiter)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise self._connection_error(exc) from None
+
+    async def open(self) -> None:
+        pool = redis.BlockingConnectionPool.from_url(
+            self._url, max_connections=self._pool_size, timeout=30,
+            socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=SOCKET_TIMEOUT,
+            health_check_interval=30,
+        )
+        client = redis.Redis(connection_pool=pool)
+        try:
+            await trio.to_thread.run_sync(client.ping)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            await trio.to_thread.run_sync(client.close)
+            raise self._connection_error(exc) from None
+        except redis.exceptions.RedisError as exc:
+            await trio.to_thread.run_sync(client.close)
+            raise KyuConnectionError(
+                f"Redis at {self._address} refused us: {mask_password(str(exc))}"
+            ) from None
+        self._client = client
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await trio.to_thread.run_sync(client.close)
+
+    async def push(self, queue: str, entries: Sequence[Ready]) -> None:
+        if not entries:
+            return
+        mapping = {e.id: score(e.priority, e.seq) for e in entries}
+        await self._run(lambda r: r.zadd(queue, mapping))
+
+    async def pop(self, queue: str, count: int) -> list[str]:
+        popped: Any = await self._run(lambda r: r.zpopmin(queue, count))
+        return [member.decode() for member, _ in popped]
+
+    async def pop_wait(self, queue: str, wait: float) -> list[str]:
+        item: Any = await self._run(lambda r: r.bzpopmin(queue, timeout=wait))
+        return [] if item is None else [item[1].decode()]
+
+    async def remove(self, queue: str, ids: Sequence[str]) -> None:
+        if ids:
+            await self._run(lambda r: r.zrem(queue, *ids))
+
+    async def size(self, queue: str) -> int:
+        return int(await self._run(lambda r: r.zcard(queue)))
+
+    async def missing(self, queue: str, ids: Sequence[str]) -> list[str]:
+        if not ids:
+            return []
+        scores: list[Any] = await self._run(lambda r: r.zmscore(queue, list(ids)))
+        return [job_id for job_id, s in zip(ids, scores, strict=True) if s is None]
+
+    async def claim_epoch(self, queue: str) -> bool:
+        return bool(await self._run(lambda r: r.set(marker_key(queue), "1", nx=True)))

@@ -1,0 +1,106 @@
+"""Handler registry, middleware chain and `current_job`: how one job's code is called."""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+import attrs
+import trio
+
+from .._errors import KyuError, UnknownJobType
+from .._job import Job
+
+Handler = Callable[[str], Any]
+CallNext = Callable[[], Awaitable[None]]
+Middleware = Callable[[Job, CallNext], Awaitable[None]]
+HandlerKind = Literal["async", "sync", "asyncio"]
+
+_current_job: contextvars.ContextVar[Job] = contextvars.ContextVar("kyu_trio.current_job")
+
+
+def current_job() -> Job:
+    """The `Job` the calling handler (or middleware) is running.
+
+    Works in ``async def`` handlers, in plain ``def`` handlers running in a thread, and
+    in asyncio handlers.
+
+    Example::
+
+        @queue.handler("resize")
+        async def resize(payload: str) -> None:
+            job = current_job()
+            print(f"attempt {job.retry_count + 1} of job {job.id}")
+    """
+    try:
+        return _current_job.get()
+    except LookupError:
+        raise KyuError("current_job() was called outside a running job") from None
+
+
+@attrs.frozen
+class HandlerSpec:
+    fn: Handler
+    kind: HandlerKind
+
+
+def handler_kind(fn: Handler, *, asyncio: bool) -> HandlerKind:
+    if not callable(fn):
+        raise TypeError(f"a handler must be callable, got {fn!r}")
+    is_coroutine = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - callable objects with async __call__
+    )
+    if asyncio:
+        if not is_coroutine:
+            raise TypeError("asyncio=True needs an `async def` function (an asyncio coroutine)")
+        return "asyncio"
+    return "async" if is_coroutine else "sync"
+
+
+class Registry:
+    """Job type -> handler, plus the middleware stack (first registered = outermost)."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, HandlerSpec] = {}
+        self.middleware: list[Middleware] = []
+
+    @property
+    def needs_asyncio(self) -> bool:
+        return any(spec.kind == "asyncio" for spec in self.handlers.values())
+
+    def lookup(self, job_type: str) -> HandlerSpec:
+        try:
+            return self.handlers[job_type]
+        except KeyError:
+            raise UnknownJobType(job_type) from None
+
+    async def execute(self, job: Job) -> None:
+        """Run ``job`` through the middleware chain and its handler, with `current_job` set.
+
+        The handler is looked up inside the chain, so middleware sees unknown job types
+        fail like any other error.
+        """
+        token = _current_job.set(job)
+        try:
+            call: CallNext = functools.partial(self._call_handler, job)
+            for mw in reversed(self.middleware):
+                call = functools.partial(mw, job, call)
+            await call()
+        finally:
+            _current_job.reset(token)
+
+    async def _call_handler(self, job: Job) -> None:
+        spec = self.lookup(job.job_type)
+        if spec.kind == "async":
+            await spec.fn(job.payload)
+        elif spec.kind == "sync":
+            # A thread cannot be interrupted: on timeout or shutdown we stop waiting for it
+            # and record the outcome; the thread finishes (or not) on its own.
+            await trio.to_thread.run_sync(spec.fn, job.payload, abandon_on_cancel=True)
+        else:
+            import trio_asyncio
+
+            await trio_asyncio.aio_as_trio(spec.fn)(job.payload)

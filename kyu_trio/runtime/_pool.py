@@ -1,0 +1,357 @@
+"""The worker pool: one fetcher, N workers, one completer and one heartbeat per process.
+
+    broker --pop--> fetcher --claim--> [jobs channel] --> workers --> [outcomes] --> completer
+                                                                                    (batched writes)
+
+The fetcher never claims more jobs than there are idle workers, so a claimed job starts
+at once; the completer writes whatever outcomes have piled up in one statement per
+kind. Every write after the claim is fenced by the claim's lease (worker id + attempt).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+
+import attrs
+import trio
+
+from .._clock import Clock
+from .._config import Config
+from .._errors import KyuConnectionError
+from .._job import Job, JobStatus
+from .._ports import Broker, Lease, Store
+from .._retry import RetryPolicy
+from ._handlers import Registry
+from ._outage import Outage
+from ._outcomes import Kind, Outcome, decide_failure, error_message, timeout_message
+
+#: How long an idle fetcher blocks in one pop; bounds how late it notices a shutdown.
+POP_WAIT = 1.0
+#: Most outcomes written in one statement.
+MAX_BATCH = 500
+#: How long a shielded cleanup write may take before we give up on it (the reaper then
+#: rescues the job).
+CLEANUP_LIMIT = 15.0
+
+
+@attrs.define
+class PoolStats:
+    claimed: int = 0
+    completed: int = 0
+    failed: int = 0
+    dead: int = 0
+    requeued: int = 0
+
+
+class WorkerPool:
+    """Runs jobs of one queue until stopped (``drain=False``) or until the broker has no
+    ready job left (``drain=True``, for `Queue.run_once`)."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        store: Store,
+        broker: Broker,
+        clock: Clock,
+        registry: Registry,
+        worker_id: str,
+        drain: bool,
+        logger: logging.Logger,
+    ) -> None:
+        self._config = config
+        self._queue = config.queue_name
+        self._store = store
+        self._broker = broker
+        self._clock = clock
+        self._registry = registry
+        self._worker_id = worker_id
+        self._drain = drain
+        self._log = logger
+        self._policy = RetryPolicy(config.max_backoff, config.retry_jitter)
+        self._slots = trio.Semaphore(config.workers)
+        self._held: dict[str, Lease] = {}  # claimed and not yet recorded: heartbeat these
+        self._job_scopes: set[trio.CancelScope] = set()
+        self._fetch_scope = trio.CancelScope()
+        self._workers_done = trio.Event()
+        self._cancelling = False
+        self.stats = PoolStats()
+
+    # ---- control -------------------------------------------------------------------
+
+    def stop_fetching(self) -> None:
+        """Take no new jobs; jobs already claimed run on."""
+        self._fetch_scope.cancel()
+
+    def cancel_jobs(self) -> None:
+        """Cancel every running job now; each goes back to pending without spending a retry."""
+        self.stop_fetching()
+        self._cancelling = True
+        for scope in list(self._job_scopes):
+            scope.cancel()
+
+    async def shutdown(self, grace: float) -> None:
+        """Graceful stop: no new jobs, ``grace`` seconds for running ones, then cancel them."""
+        self.stop_fetching()
+        with trio.move_on_after(grace):
+            await self._workers_done.wait()
+        self.cancel_jobs()
+
+    # ---- the tasks -----------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        jobs_send, jobs_recv = trio.open_memory_channel[Job](self._config.workers)
+        out_send, out_recv = trio.open_memory_channel[Outcome](math.inf)
+        async with trio.open_nursery() as outer:
+            outer.start_soon(self._heartbeat)
+            outer.start_soon(self._completer, out_recv, outer.cancel_scope)
+            async with out_send, jobs_recv:
+                try:
+                    async with trio.open_nursery() as workers:
+                        for _ in range(self._config.workers):
+                            workers.start_soon(self._worker, jobs_recv.clone(), out_send.clone())
+                        workers.start_soon(self._fetcher, jobs_send)
+                        task_status.started()
+                finally:
+                    self._workers_done.set()
+                    # Claimed jobs still waiting in the channel when the workers were
+                    # cancelled never started: put them back.
+                    leftovers = []
+                    while True:
+                        try:
+                            leftovers.append(jobs_recv.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                            break
+                    if leftovers:
+                        with trio.CancelScope(shield=True):
+                            await self._record([Outcome(Kind.REQUEUE, j, 0.0) for j in leftovers])
+
+    async def _take_slots(self) -> int:
+        await self._slots.acquire()
+        taken = 1
+        while taken < MAX_BATCH:
+            try:
+                self._slots.acquire_nowait()
+            except trio.WouldBlock:
+                break
+            taken += 1
+        return taken
+
+    def _release_slots(self, n: int) -> None:
+        for _ in range(n):
+            self._slots.release()
+
+    async def _fetcher(self, jobs_send: trio.MemorySendChannel[Job]) -> None:
+        outage = Outage(self._log, f"worker {self._worker_id} fetching from {self._queue!r}")
+        async with jobs_send:
+            with self._fetch_scope:
+                while True:
+                    free = await self._take_slots()
+                    try:
+                        ids = await self._broker.pop(self._queue, free)
+                        if not ids:
+                            if self._drain:
+                                self._release_slots(free)
+                                return
+                            ids = await self._broker.pop_wait(self._queue, POP_WAIT)
+                            if ids and free > 1:
+                                ids += await self._broker.pop(self._queue, free - 1)
+                    except KyuConnectionError as exc:
+                        self._release_slots(free)
+                        await outage.wait(exc)
+                        continue
+                    if not ids:
+                        self._release_slots(free)
+                        continue
+                    # The ids are out of the broker now: a cancellation must not lose them
+                    # between pop and claim, so the claim and hand-off are shielded.
+                    with trio.CancelScope(shield=True):
+                        claimed = await self._claim(ids, outage)
+                        for job in claimed:
+                            self._held[job.id] = Lease(job.id, job.attempt)
+                            jobs_send.send_nowait(job)  # room is guaranteed by the slots
+                    self._release_slots(free - len(claimed))
+
+    async def _claim(self, ids: list[str], outage: Outage) -> list[Job]:
+        try:
+            claimed = await self._store.claim_jobs(
+                self._queue, ids, self._worker_id, self._clock.now()
+            )
+        except KyuConnectionError as exc:
+            # The popped ids are gone from the broker while their rows stay pending: the
+            # reaper's resync sweep pushes them again once the store is back.
+            outage.failed(exc)
+            return []
+        outage.recovered()
+        self.stats.claimed += len(claimed)
+        for job in claimed:
+            self._log.debug(
+                "job claimed", extra={"job_id": job.id, "job_type": job.job_type,
+                                      "attempt": job.attempt, "kyu_event": "claimed"},
+            )
+        return claimed
+
+    async def _worker(
+        self,
+        jobs_recv: trio.MemoryReceiveChannel[Job],
+        out_send: trio.MemorySendChannel[Outcome],
+    ) -> None:
+        async with jobs_recv, out_send:
+            async for job in jobs_recv:
+                try:
+                    outcome = await self._execute(job)
+                    try:
+                        out_send.send_nowait(outcome)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        # The completer is gone (serve() is being cancelled): write it here.
+                        with trio.CancelScope(shield=True):
+                            await self._record([outcome])
+                finally:
+                    self._slots.release()
+
+    async def _execute(self, job: Job) -> Outcome:
+        if self._cancelling:
+            return Outcome(Kind.REQUEUE, job, 0.0)
+        scope = trio.CancelScope()
+        self._job_scopes.add(scope)
+        started = trio.current_time()
+        error: Exception | None = None
+        try:
+            with scope, trio.move_on_after(job.job_timeout) as timeout:
+                try:
+                    await self._registry.execute(job)
+                except Exception as exc:
+                    error = exc
+        except trio.Cancelled:
+            # serve() itself is being cancelled: put the job back before letting go.
+            with trio.CancelScope(shield=True):
+                await self._record([Outcome(Kind.REQUEUE, job, trio.current_time() - started)])
+            raise
+        finally:
+            self._job_scopes.discard(scope)
+        duration = trio.current_time() - started
+        if scope.cancelled_caught:
+            return Outcome(Kind.REQUEUE, job, duration)
+        if timeout.cancelled_caught:
+            message = timeout_message(job.job_timeout)
+        elif error is not None:
+            message = error_message(error)
+        else:
+            return Outcome(Kind.COMPLETE, job, duration)
+        failure = decide_failure(job, message, self._clock.now(), self._policy)
+        return Outcome(Kind.FAIL, job, duration, failure)
+
+    async def _completer(
+        self, out_recv: trio.MemoryReceiveChannel[Outcome], done: trio.CancelScope
+    ) -> None:
+        async with out_recv:
+            while True:
+                try:
+                    batch = [await out_recv.receive()]
+                except trio.EndOfChannel:
+                    done.cancel()  # every outcome is written: the heartbeat can stop
+                    return
+                except trio.Cancelled:
+                    # serve() is being cancelled: write what is already waiting, then go.
+                    with trio.CancelScope(shield=True):
+                        await self._record(self._drain_nowait(out_recv, []))
+                    raise
+                # A partly written batch would be unknowable, so each flush is shielded.
+                with trio.CancelScope(shield=True):
+                    await self._record(self._drain_nowait(out_recv, batch))
+
+    @staticmethod
+    def _drain_nowait(
+        out_recv: trio.MemoryReceiveChannel[Outcome], batch: list[Outcome]
+    ) -> list[Outcome]:
+        while len(batch) < MAX_BATCH:
+            try:
+                batch.append(out_recv.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        return batch
+
+    async def _record(self, outcomes: list[Outcome]) -> None:
+        """Write outcomes, one statement per kind. Must run shielded. Retries through a
+        short outage; past ``CLEANUP_LIMIT`` it gives the jobs up to the reaper."""
+        if not outcomes:
+            return
+        by_kind: dict[Kind, list[Outcome]] = defaultdict(list)
+        for outcome in outcomes:
+            by_kind[outcome.kind].append(outcome)
+        outage = Outage(self._log, f"worker {self._worker_id} recording outcomes", cap=2.0)
+        with trio.move_on_after(CLEANUP_LIMIT) as limit:
+            while True:
+                try:
+                    await self._write(by_kind)
+                    break
+                except KyuConnectionError as exc:
+                    await outage.wait(exc)
+        if limit.cancelled_caught:
+            self._log.error(
+                "gave up recording %d outcomes; the reaper will rescue their jobs",
+                len(outcomes),
+            )
+        for outcome in outcomes:
+            self._held.pop(outcome.job.id, None)
+
+    async def _write(self, by_kind: dict[Kind, list[Outcome]]) -> None:
+        now = self._clock.now()
+        if done := by_kind.pop(Kind.COMPLETE, None):
+            await self._store.complete_jobs([o.lease for o in done], self._worker_id, now)
+            self.stats.completed += len(done)
+            for o in done:
+                self._log_outcome(o, "completed", logging.DEBUG)
+        if failed := by_kind.pop(Kind.FAIL, None):
+            failures = [o.failure for o in failed if o.failure is not None]
+            await self._store.fail_jobs(failures, self._worker_id, now)
+            for o in failed:
+                assert o.failure is not None
+                if o.failure.status is JobStatus.DEAD:
+                    self.stats.dead += 1
+                    self._log_outcome(o, "dead", logging.ERROR)
+                else:
+                    self.stats.failed += 1
+                    self._log_outcome(o, "failed", logging.WARNING)
+        if requeue := by_kind.pop(Kind.REQUEUE, None):
+            ready = await self._store.requeue_jobs(
+                [o.lease for o in requeue], self._worker_id, now
+            )
+            self.stats.requeued += len(requeue)
+            for o in requeue:
+                self._log_outcome(o, "requeued", logging.WARNING)
+            try:
+                await self._broker.push(self._queue, ready)
+            except KyuConnectionError as exc:
+                self._log.warning("could not push %d requeued jobs (%s); the resync "
+                                  "sweep will", len(ready), exc)
+
+    def _log_outcome(self, outcome: Outcome, event: str, level: int) -> None:
+        if not self._log.isEnabledFor(level):
+            return
+        job = outcome.job
+        extra = {"job_id": job.id, "job_type": job.job_type, "attempt": job.attempt,
+                 "duration": round(outcome.duration, 6), "kyu_event": event}
+        if outcome.failure is not None:
+            extra["error"] = outcome.failure.error_message
+        self._log.log(
+            level, "job %s %s (type=%s attempt=%d %.3fs)%s", job.id, event, job.job_type,
+            job.attempt, outcome.duration,
+            f": {outcome.failure.error_message}" if outcome.failure else "", extra=extra,
+        )
+
+    async def _heartbeat(self) -> None:
+        outage = Outage(self._log, f"worker {self._worker_id} heartbeat", cap=5.0)
+        while True:
+            await trio.sleep(self._config.heartbeat_interval)
+            if not self._held:
+                continue
+            try:
+                await self._store.heartbeat(
+                    list(self._held.values()), self._worker_id, self._clock.now()
+                )
+                outage.recovered()
+            except KyuConnectionError as exc:
+                outage.failed(exc)

@@ -1,0 +1,498 @@
+"""`Queue`: the public face of kyu-trio."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager, suppress
+from datetime import datetime
+from typing import TypeVar
+
+import trio
+
+from .._clock import Clock, SystemClock
+from .._config import Config
+from .._errors import InvalidJobError, JobNotFound, KyuConnectionError, KyuError, NotConnectedError
+from .._job import EnqueueRequest, Job, JobStatus
+from .._ports import Broker, CancelOutcome, NewJob, Store
+from .._score import PRIORITY_MAX, PRIORITY_MIN
+from ._handlers import Handler, HandlerSpec, Middleware, Registry, handler_kind
+from ._pool import WorkerPool
+from ._reaper import Reaper
+from ._scheduler import Scheduler
+
+H = TypeVar("H", bound=Handler)
+
+MAX_JOB_TYPE_LENGTH = 200
+MAX_RETRIES_LIMIT = 2**31 - 1
+
+
+def _parse_id(job_id: object) -> str:
+    if not isinstance(job_id, str):
+        raise JobNotFound(f"job ids are UUID strings, got {type(job_id).__name__}")
+    try:
+        return str(uuid.UUID(job_id))
+    except ValueError:
+        raise JobNotFound(f"no job {job_id[:100]!r}: not a job id (a UUID)") from None
+
+
+class Queue:
+    """A job queue: register handlers, enqueue jobs, and run workers.
+
+    Example::
+
+        queue = Queue(Config(dsn="postgresql://localhost/app", workers=5))
+
+        @queue.handler("send_email")
+        async def send_email(payload: str) -> None:
+            ...
+
+        async def main() -> None:
+            async with queue:
+                await queue.enqueue("send_email", '{"to": "a@b.c"}')
+
+        trio.run(queue.serve)
+
+    ``store``, ``broker`` and ``clock`` replace the PostgreSQL and Redis adapters and the
+    system clock (tests pass `MemoryStore`, `MemoryBroker` and `TrioClock`).
+    """
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        store: Store | None = None,
+        broker: Broker | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.config = config if config is not None else Config()
+        self._given_store = store
+        self._given_broker = broker
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._registry = Registry()
+        self._store: Store | None = None
+        self._broker: Broker | None = None
+        self._pool: WorkerPool | None = None
+        self._shutdown_requested = False
+        #: Unique across processes and restarts: fences this process's writes.
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._scheduler: Scheduler | None = None
+        self._reaper: Reaper | None = None
+
+    def __repr__(self) -> str:
+        return f"<Queue {self.config.queue_name!r} workers={self.config.workers}>"
+
+    # ---- handlers --------------------------------------------------------------------
+
+    def register(self, job_type: str, fn: Handler, *, asyncio: bool = False) -> None:
+        """Run ``fn(payload)`` for jobs of ``job_type``; registering again replaces it.
+
+        ``async def`` handlers run in the worker task, plain ``def`` handlers in a thread,
+        and with ``asyncio=True`` an asyncio coroutine function runs through trio-asyncio.
+
+        Example::
+
+            queue.register("resize", resize_image)
+            queue.register("fetch", fetch_with_aiohttp, asyncio=True)
+        """
+        self._check_job_type(job_type)
+        self._registry.handlers[job_type] = HandlerSpec(fn, handler_kind(fn, asyncio=asyncio))
+
+    def handler(self, job_type: str, *, asyncio: bool = False) -> Callable[[H], H]:
+        """Decorator form of `register`.
+
+        Example::
+
+            @queue.handler("send_email")
+            async def send_email(payload: str) -> None: ...
+        """
+
+        def decorate(fn: H) -> H:
+            self.register(job_type, fn, asyncio=asyncio)
+            return fn
+
+        return decorate
+
+    def use(self, middleware: Middleware) -> None:
+        """Wrap every job in ``middleware(job, call_next)``; the first registered is outermost.
+
+        Example::
+
+            async def log_jobs(job: Job, call_next) -> None:
+                print("start", job.job_type)
+                await call_next()
+
+            queue.use(log_jobs)
+        """
+        if not callable(middleware):
+            raise TypeError(f"middleware must be callable, got {middleware!r}")
+        self._registry.middleware.append(middleware)
+
+    # ---- connection ------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._store is not None
+
+    async def connect(self) -> None:
+        """Open the PostgreSQL pool (applying migrations) and the Redis connection.
+
+        Raises `KyuConnectionError` naming ``host:port`` when a server is unreachable.
+        """
+        if self.connected:
+            return
+        from ..broker._redis import RedisBroker
+        from ..store._postgres import PostgresStore
+
+        store = self._given_store or PostgresStore(self.config.dsn, self.config.pool_size)
+        broker = self._given_broker or RedisBroker(self.config.redis_url, self.config.pool_size)
+        await store.open()
+        try:
+            await broker.open()
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await store.close()
+            raise
+        self._store, self._broker = store, broker
+        log = self.config.logger
+        self._scheduler = Scheduler(
+            queue=self.config.queue_name, store=store, broker=broker, clock=self._clock,
+            interval=self.config.scheduler_interval, logger=log,
+        )
+        self._reaper = Reaper(
+            queue=self.config.queue_name, store=store, broker=broker, clock=self._clock,
+            interval=self.config.reaper_interval, stale_after=self.config.stale_job_timeout,
+            logger=log,
+        )
+
+    async def close(self) -> None:
+        """Close connections. The queue may `connect()` again later, even in another
+        `trio.run`."""
+        store, broker = self._store, self._broker
+        self._store = self._broker = None
+        with trio.CancelScope(shield=True):
+            if broker is not None:
+                await broker.close()
+            if store is not None:
+                await store.close()
+
+    async def __aenter__(self) -> Queue:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @asynccontextmanager
+    async def _connected(self) -> AsyncIterator[tuple[Store, Broker]]:
+        """Use the open connection, or open one for the duration of the block."""
+        opened = not self.connected
+        if opened:
+            await self.connect()
+        try:
+            store, broker = self._require()
+            yield store, broker
+        finally:
+            if opened:
+                await self.close()
+
+    def _require(self) -> tuple[Store, Broker]:
+        if self._store is None or self._broker is None:
+            raise NotConnectedError(
+                "the queue is not connected: use `async with queue:` or `await queue.connect()` "
+                "first"
+            )
+        return self._store, self._broker
+
+    # ---- producing -------------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        job_type: str,
+        payload: str,
+        *,
+        priority: int = 0,
+        max_retries: int = 3,
+        scheduled_at: datetime | None = None,
+        job_timeout: float | None = None,
+    ) -> str:
+        """Add a job and return its id. It is durable in PostgreSQL when this returns.
+
+        ``priority``: -32768..32767, higher runs first. ``max_retries=N`` allows N+1 runs.
+        ``scheduled_at``: an aware datetime (None = now). ``job_timeout``: seconds
+        (None = ``Config.default_job_timeout``).
+
+        Example::
+
+            job_id = await queue.enqueue("send_email", '{"to": "a@b.c"}', priority=5)
+        """
+        ids = await self.enqueue_many([EnqueueRequest(
+            job_type, payload, priority=priority, max_retries=max_retries,
+            scheduled_at=scheduled_at, job_timeout=job_timeout,
+        )])
+        return ids[0]
+
+    async def enqueue_many(
+        self, jobs: Iterable[EnqueueRequest | tuple[str, str]]
+    ) -> list[str]:
+        """Add many jobs in one INSERT and one broker push; return their ids in order.
+
+        Every item is validated first: one bad item rejects the call and writes nothing.
+
+        Example::
+
+            ids = await queue.enqueue_many([("resize", "a.png"), EnqueueRequest("resize", "b.png",
+                                                                   priority=9)])
+        """
+        store, broker = self._require()
+        now = self._clock.now()
+        new_jobs = [self._validate(item, now) for item in jobs]
+        if not new_jobs:
+            return []
+        ready = await store.insert_jobs(new_jobs, now)
+        try:
+            await broker.push(self.config.queue_name, ready)
+        except KyuConnectionError as exc:
+            # The rows are committed and will run: the reaper's sweep pushes them once
+            # Redis is back. Raising here would invite a duplicate enqueue.
+            self.config.logger.warning(
+                "enqueued %d jobs but could not push them to Redis (%s); they will be "
+                "dispatched by the resync sweep", len(ready), exc,
+            )
+        return [j.id for j in new_jobs]
+
+    def _check_job_type(self, job_type: object) -> str:
+        if not isinstance(job_type, str) or not job_type.strip():
+            raise InvalidJobError(f"job_type must be a non-empty str, got {job_type!r}")
+        if len(job_type) > MAX_JOB_TYPE_LENGTH or "\x00" in job_type:
+            raise InvalidJobError(
+                f"job_type must be at most {MAX_JOB_TYPE_LENGTH} characters, without NUL"
+            )
+        return job_type
+
+    def _validate(self, item: EnqueueRequest | tuple[str, str], now: datetime) -> NewJob:
+        if isinstance(item, tuple):
+            if len(item) != 2:
+                raise InvalidJobError("each job is (job_type, payload) or an EnqueueRequest")
+            item = EnqueueRequest(*item)
+        elif not isinstance(item, EnqueueRequest):
+            raise InvalidJobError("each job is (job_type, payload) or an EnqueueRequest")
+        job_type = self._check_job_type(item.job_type)
+        payload = item.payload
+        if not isinstance(payload, str):
+            raise InvalidJobError(
+                f"payload must be a str (serialise it yourself, e.g. json.dumps), "
+                f"got {type(payload).__name__}"
+            )
+        if "\x00" in payload:
+            raise InvalidJobError("payload must not contain NUL characters (PostgreSQL text)")
+        try:
+            size = len(payload.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise InvalidJobError("payload is not valid Unicode (lone surrogates)") from None
+        if size > self.config.max_payload_bytes:
+            raise InvalidJobError(
+                f"payload is {size} bytes, over Config.max_payload_bytes="
+                f"{self.config.max_payload_bytes}"
+            )
+        priority = item.priority
+        if isinstance(priority, bool) or not isinstance(priority, int) or not (
+            PRIORITY_MIN <= priority <= PRIORITY_MAX
+        ):
+            raise InvalidJobError(
+                f"priority must be an int from {PRIORITY_MIN} to {PRIORITY_MAX}, got {priority!r}"
+            )
+        retries = item.max_retries
+        if isinstance(retries, bool) or not isinstance(retries, int) or not (
+            0 <= retries <= MAX_RETRIES_LIMIT
+        ):
+            raise InvalidJobError(f"max_retries must be an int >= 0, got {retries!r}")
+        timeout = item.job_timeout
+        if timeout is None:
+            timeout = self.config.default_job_timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not (
+            math.isfinite(timeout) and timeout > 0
+        ):
+            raise InvalidJobError(f"job_timeout must be a finite number of seconds > 0, "
+                                  f"got {timeout!r}")
+        due = item.scheduled_at
+        if due is None:
+            due = now
+        elif not isinstance(due, datetime):
+            raise InvalidJobError(f"scheduled_at must be a datetime, got {type(due).__name__}")
+        elif due.tzinfo is None or due.utcoffset() is None:
+            raise InvalidJobError(
+                "scheduled_at must be timezone-aware (e.g. datetime.now(timezone.utc))"
+            )
+        elif not (datetime(1970, 1, 1, tzinfo=due.tzinfo) <= due
+                  <= datetime(9999, 1, 1, tzinfo=due.tzinfo)):
+            raise InvalidJobError(f"scheduled_at {due.isoformat()} is out of range")
+        status = JobStatus.PENDING if due <= now else JobStatus.SCHEDULED
+        return NewJob(
+            id=str(uuid.uuid4()), queue=self.config.queue_name, job_type=job_type,
+            payload=payload, priority=priority, max_retries=retries, scheduled_at=due,
+            job_timeout=float(timeout), status=status,
+        )
+
+    # ---- looking and fixing ------------------------------------------------------------
+
+    async def inspect(self, job_id: str) -> Job:
+        """The job with this id, of any queue. Raises `JobNotFound`.
+
+        Example::
+
+            job = await queue.inspect(job_id)
+            print(job.status, job.error_message)
+        """
+        key = _parse_id(job_id)
+        store, _ = self._require()
+        job = await store.get_job(key)
+        if job is None:
+            raise JobNotFound(f"no job with id {key}")
+        return job
+
+    async def cancel_job(self, job_id: str) -> bool:
+        """Cancel a job that has not started: True if cancelled, False if it is running or
+        finished. Raises `JobNotFound` when there is no such job.
+
+        Example::
+
+            if not await queue.cancel_job(job_id):
+                print("too late: it already ran or is running")
+        """
+        key = _parse_id(job_id)
+        store, broker = self._require()
+        result = await store.cancel_job(key, self._clock.now())
+        if result.outcome == CancelOutcome.NOT_FOUND:
+            raise JobNotFound(f"no job with id {key}")
+        if result.outcome == CancelOutcome.CANCELLED and result.queue is not None:
+            # Tidy the broker; if this fails the claim refuses the cancelled job anyway.
+            with suppress(KyuConnectionError):
+                await broker.remove(result.queue, [key])
+            return True
+        return False
+
+    async def dead_jobs(self, limit: int = 100) -> list[Job]:
+        """This queue's dead jobs (no retries left), newest first.
+
+        Example::
+
+            for job in await queue.dead_jobs():
+                print(job.id, job.error_message)
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise KyuError(f"limit must be an int >= 1, got {limit!r}")
+        store, _ = self._require()
+        return await store.dead_jobs(self.config.queue_name, limit)
+
+    # ---- consuming -------------------------------------------------------------------
+
+    def _new_pool(self, store: Store, broker: Broker, *, drain: bool) -> WorkerPool:
+        return WorkerPool(
+            config=self.config, store=store, broker=broker, clock=self._clock,
+            registry=self._registry, worker_id=self.worker_id, drain=drain,
+            logger=self.config.logger,
+        )
+
+    @asynccontextmanager
+    async def _asyncio_loop(self) -> AsyncIterator[None]:
+        if not self._registry.needs_asyncio:
+            yield
+            return
+        import trio_asyncio
+
+        async with trio_asyncio.open_loop():
+            yield
+
+    async def run_once(self) -> None:
+        """Process what is ready now, then return: one scheduler pass, one reaper pass,
+        then every due job with the configured workers. Jobs that fall due later (retries,
+        scheduled jobs) are left for the next call.
+
+        Example::
+
+            async with queue:
+                await queue.run_once()   # e.g. from a cron job
+        """
+        async with self._connected() as (store, broker):
+            assert self._scheduler is not None and self._reaper is not None
+            await self._scheduler.run_once()
+            await self._reaper.run_once()
+            pool = self._new_pool(store, broker, drain=True)
+            async with self._asyncio_loop(), trio.open_nursery() as nursery:
+                await nursery.start(pool.run)
+
+    def shutdown(self) -> None:
+        """Start a graceful shutdown of `serve()`, as SIGTERM would. Safe to call any time."""
+        self._shutdown_requested = True
+        if self._stop_event is not None:
+            self._stop_event.set()
+
+    _stop_event: trio.Event | None = None
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run workers, scheduler and reaper until SIGINT/SIGTERM or `shutdown()`, then stop
+        gracefully (``Config.shutdown_grace``) and return. Connects if needed.
+
+        Example::
+
+            trio.run(queue.serve)
+        """
+        async with self._connected() as (store, broker):
+            assert self._scheduler is not None and self._reaper is not None
+            pool = self._new_pool(store, broker, drain=False)
+            self._stop_event = stop = trio.Event()
+            if self._shutdown_requested:
+                stop.set()
+            try:
+                async with self._asyncio_loop(), trio.open_nursery() as nursery:
+                    await nursery.start(self._scheduler.run)
+                    await nursery.start(self._reaper.run)
+                    if threading.current_thread() is threading.main_thread():
+                        await nursery.start(self._watch_signals, pool)
+                    await nursery.start(self._supervise_pool, pool, nursery.cancel_scope)
+                    self.config.logger.info(
+                        "serving queue %r with %d workers as %s", self.config.queue_name,
+                        self.config.workers, self.worker_id,
+                    )
+                    task_status.started()
+                    await stop.wait()
+                    await pool.shutdown(self.config.shutdown_grace)
+            finally:
+                self._stop_event = None
+                self._shutdown_requested = False
+
+    async def _supervise_pool(
+        self, pool: WorkerPool, done: trio.CancelScope,
+        *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pool.run)
+            task_status.started()
+        # The pool has stopped and recorded every outcome: stop the maintenance tasks.
+        done.cancel()
+
+    async def _watch_signals(
+        self, pool: WorkerPool, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
+            seen = 0
+            async for signum in signals:
+                seen += 1
+                if seen == 1:
+                    self.config.logger.warning(
+                        "%s: finishing running jobs (up to %.0fs; signal again to stop now)",
+                        signal.Signals(signum).name, self.config.shutdown_grace,
+                    )
+                    self.shutdown()
+                else:
+                    self.config.logger.warning("second signal: requeueing running jobs now")
+                    pool.cancel_jobs()
+
+__all__: Sequence[str] = ["Queue"]

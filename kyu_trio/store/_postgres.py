@@ -1,0 +1,310 @@
+"""`PostgresStore`: the `Store` on PostgreSQL through psycopg 3 and psycopg-pool.
+
+psycopg's calls block, so each one runs in a worker thread (`trio.to_thread.run_sync`)
+through a `trio.CapacityLimiter` sized to the pool: a thread never waits for a
+connection. A multi-statement transaction is always one thread call. psycopg objects
+never cross into trio code.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from importlib import resources
+from typing import Any, TypeVar
+
+import psycopg
+import psycopg_pool
+import trio
+from psycopg.rows import TupleRow
+
+from .._dsn import mask_password, postgres_address
+from .._errors import KyuConnectionError, KyuError, SchemaError
+from .._job import Job, JobStatus
+from .._ports import CancelOutcome, CancelResult, Failure, Lease, NewJob, Ready, Rescue
+from . import _queries as q
+
+T = TypeVar("T")
+
+CONNECT_TIMEOUT = 5
+
+
+def _migrations() -> list[tuple[int, str]]:
+    files = resources.files("kyu_trio.store").joinpath("sql")
+    found = []
+    for entry in files.iterdir():
+        if entry.name.endswith(".sql"):
+            found.append((int(entry.name.split("_", 1)[0]), entry.read_text()))
+    return sorted(found)
+
+
+SCHEMA_VERSION = max(v for v, _ in _migrations())
+
+
+def _to_job(row: TupleRow) -> Job:
+    (id_, queue, job_type, payload, status, priority, scheduled_at, max_retries, retry_count,
+     error_message, locked_by, locked_at, completed_at, job_timeout, created_at, updated_at,
+     attempt, heartbeat_at) = row
+    return Job(
+        id=str(id_), queue=queue, job_type=job_type, payload=payload,
+        status=JobStatus(status), priority=priority, scheduled_at=scheduled_at,
+        max_retries=max_retries, retry_count=retry_count, error_message=error_message,
+        locked_by=locked_by, locked_at=locked_at, completed_at=completed_at,
+        job_timeout=job_timeout, created_at=created_at, updated_at=updated_at,
+        attempt=attempt, heartbeat_at=heartbeat_at,
+    )
+
+
+def _uuids(ids: Sequence[str]) -> list[uuid.UUID]:
+    out = []
+    for job_id in ids:
+        try:
+            out.append(uuid.UUID(job_id))
+        except ValueError:
+            continue  # not one of ours (a stray member of the Redis set): skip it
+    return out
+
+
+def migrate(conn: psycopg.Connection[Any]) -> int:
+    """Bring the schema up to date; safe when many processes start at once."""
+    with conn.transaction():
+        conn.execute(q.MIGRATION_LOCK)
+        conn.execute(q.CREATE_VERSION_TABLE)
+        row = conn.execute(q.CURRENT_VERSION).fetchone()
+        current = int(row[0]) if row else 0
+        if current > SCHEMA_VERSION:
+            raise SchemaError(
+                f"the database has kyu-trio schema version {current}, newer than this "
+                f"kyu-trio understands ({SCHEMA_VERSION}): upgrade kyu-trio"
+            )
+        for version, sql in _migrations():
+            if version > current:
+                conn.execute(sql.encode())
+                conn.execute(q.RECORD_VERSION, (version,))
+    return max(current, SCHEMA_VERSION)
+
+
+class PostgresStore:
+    """Job state in PostgreSQL's ``kyu_jobs`` table."""
+
+    def __init__(self, dsn: str, pool_size: int = 10) -> None:
+        self._dsn = dsn
+        self._address = postgres_address(dsn)
+        self._pool_size = pool_size
+        self._pool: psycopg_pool.ConnectionPool[Any] | None = None
+        self._limiter = trio.CapacityLimiter(pool_size)
+
+    def _connection_error(self, exc: BaseException) -> KyuConnectionError:
+        reason = mask_password(str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+        return KyuConnectionError(
+            f"PostgreSQL at {self._address} is unreachable or went away: "
+            f"{reason or type(exc).__name__}"
+        )
+
+    async def _run(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+        pool = self._pool
+        if pool is None:
+            raise KyuError("the PostgreSQL store is not open")
+
+        def call() -> T:
+            with pool.connection() as conn:
+                return fn(conn)
+
+        try:
+            return await trio.to_thread.run_sync(call, limiter=self._limiter)
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            raise self._connection_error(exc) from None
+
+    async def open(self) -> None:
+        def connect_and_migrate() -> psycopg_pool.ConnectionPool[Any]:
+            # One direct connection first: its error names the real cause, where a
+            # pool would only say it timed out.
+            with psycopg.connect(self._dsn, connect_timeout=CONNECT_TIMEOUT) as conn:
+                migrate(conn)
+            pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
+                self._dsn, min_size=1, max_size=self._pool_size, open=False,
+                kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
+                timeout=30, name="kyu_trio",
+            )
+            pool.open(wait=True, timeout=CONNECT_TIMEOUT * 2)
+            return pool
+
+        try:
+            self._pool = await trio.to_thread.run_sync(connect_and_migrate)
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            raise self._connection_error(exc) from None
+        except psycopg.ProgrammingError as exc:
+            raise KyuConnectionError(
+                f"PostgreSQL at {self._address} refused the connection settings: "
+                f"{mask_password(str(exc))}"
+            ) from None
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await trio.to_thread.run_sync(pool.close)
+
+    async def insert_jobs(self, jobs: Sequence[NewJob], now: datetime) -> list[Ready]:
+        if len(jobs) == 1:
+            job = jobs[0]
+
+            def insert_one(conn: psycopg.Connection[Any]) -> list[Ready]:
+                row = conn.execute(q.INSERT_ONE, {
+                    "id": job.id, "queue": job.queue, "job_type": job.job_type,
+                    "payload": job.payload, "status": job.status.value,
+                    "priority": job.priority, "scheduled_at": job.scheduled_at,
+                    "max_retries": job.max_retries, "job_timeout": job.job_timeout, "now": now,
+                }).fetchone()
+                assert row is not None
+                if job.status is JobStatus.PENDING:
+                    return [Ready(job.id, job.priority, row[0])]
+                return []
+
+            return await self._run(insert_one)
+
+        params = {
+            "ids": [j.id for j in jobs], "queues": [j.queue for j in jobs],
+            "types": [j.job_type for j in jobs], "payloads": [j.payload for j in jobs],
+            "statuses": [j.status.value for j in jobs], "priorities": [j.priority for j in jobs],
+            "due": [j.scheduled_at for j in jobs], "max_retries": [j.max_retries for j in jobs],
+            "timeouts": [j.job_timeout for j in jobs], "now": now,
+        }
+
+        def insert_many(conn: psycopg.Connection[Any]) -> list[Ready]:
+            rows = conn.execute(q.INSERT_JOBS, params).fetchall()
+            return sorted(
+                (Ready(str(r[0]), r[2], r[3]) for r in rows if r[1] == "pending"),
+                key=lambda r: r.seq,
+            )
+
+        return await self._run(insert_many)
+
+    async def get_job(self, job_id: str) -> Job | None:
+        def get(conn: psycopg.Connection[Any]) -> Job | None:
+            row = conn.execute(q.GET_JOB, (job_id,)).fetchone()
+            return _to_job(row) if row else None
+
+        return await self._run(get)
+
+    async def cancel_job(self, job_id: str, now: datetime) -> CancelResult:
+        def cancel(conn: psycopg.Connection[Any]) -> CancelResult:
+            row = conn.execute(q.CANCEL_JOB, {"id": job_id, "now": now}).fetchone()
+            assert row is not None
+            cancelled_queue, existing_queue = row
+            if cancelled_queue is not None:
+                return CancelResult(CancelOutcome.CANCELLED, cancelled_queue)
+            if existing_queue is not None:
+                return CancelResult(CancelOutcome.NOT_CANCELLABLE, existing_queue)
+            return CancelResult(CancelOutcome.NOT_FOUND)
+
+        return await self._run(cancel)
+
+    async def dead_jobs(self, queue: str, limit: int) -> list[Job]:
+        def dead(conn: psycopg.Connection[Any]) -> list[Job]:
+            return [_to_job(r) for r in conn.execute(q.DEAD_JOBS, (queue, limit)).fetchall()]
+
+        return await self._run(dead)
+
+    async def claim_jobs(
+        self, queue: str, ids: Sequence[str], worker_id: str, now: datetime
+    ) -> list[Job]:
+        uuids = _uuids(ids)
+        if not uuids:
+            return []
+        params = {"ids": uuids, "queue": queue, "worker": worker_id, "now": now}
+
+        def claim(conn: psycopg.Connection[Any]) -> list[Job]:
+            return [_to_job(r) for r in conn.execute(q.CLAIM_JOBS, params).fetchall()]
+
+        claimed = await self._run(claim)
+        order = {job_id: i for i, job_id in enumerate(ids)}
+        claimed.sort(key=lambda j: order.get(j.id, 0))
+        return claimed
+
+    def _lease_params(self, leases: Sequence[Lease], worker_id: str, now: datetime) -> Any:
+        return {
+            "ids": [lease.id for lease in leases], "attempts": [lease.attempt for lease in leases],
+            "worker": worker_id, "now": now,
+        }
+
+    async def complete_jobs(
+        self, leases: Sequence[Lease], worker_id: str, now: datetime
+    ) -> list[str]:
+        if not leases:
+            return []
+        params = self._lease_params(leases, worker_id, now)
+
+        def complete(conn: psycopg.Connection[Any]) -> list[str]:
+            return [str(r[0]) for r in conn.execute(q.COMPLETE_JOBS, params).fetchall()]
+
+        return await self._run(complete)
+
+    async def fail_jobs(
+        self, failures: Sequence[Failure], worker_id: str, now: datetime
+    ) -> list[str]:
+        if not failures:
+            return []
+        params = self._lease_params([f.lease for f in failures], worker_id, now)
+        params["statuses"] = [f.status.value for f in failures]
+        params["due"] = [f.due for f in failures]
+        params["messages"] = [f.error_message for f in failures]
+
+        def fail(conn: psycopg.Connection[Any]) -> list[str]:
+            return [str(r[0]) for r in conn.execute(q.FAIL_JOBS, params).fetchall()]
+
+        return await self._run(fail)
+
+    async def requeue_jobs(
+        self, leases: Sequence[Lease], worker_id: str, now: datetime
+    ) -> list[Ready]:
+        if not leases:
+            return []
+        params = self._lease_params(leases, worker_id, now)
+
+        def requeue(conn: psycopg.Connection[Any]) -> list[Ready]:
+            rows = conn.execute(q.REQUEUE_JOBS, params).fetchall()
+            return sorted((Ready(str(r[0]), r[1], r[2]) for r in rows), key=lambda r: r.seq)
+
+        return await self._run(requeue)
+
+    async def heartbeat(self, leases: Sequence[Lease], worker_id: str, now: datetime) -> int:
+        if not leases:
+            return 0
+        params = self._lease_params(leases, worker_id, now)
+
+        def beat(conn: psycopg.Connection[Any]) -> int:
+            return conn.execute(q.HEARTBEAT, params).rowcount
+
+        return await self._run(beat)
+
+    async def promote_due(self, queue: str, now: datetime, limit: int) -> list[Ready]:
+        params = {"queue": queue, "now": now, "limit": limit}
+
+        def promote(conn: psycopg.Connection[Any]) -> list[Ready]:
+            rows = conn.execute(q.PROMOTE_DUE, params).fetchall()
+            return sorted((Ready(str(r[0]), r[1], r[2]) for r in rows), key=lambda r: r.seq)
+
+        return await self._run(promote)
+
+    async def rescue_stale(
+        self, queue: str, now: datetime, stale_before: datetime, limit: int
+    ) -> Rescue:
+        params = {"queue": queue, "now": now, "stale_before": stale_before, "limit": limit}
+
+        def rescue(conn: psycopg.Connection[Any]) -> Rescue:
+            rows = conn.execute(q.RESCUE_STALE, params).fetchall()
+            requeued = sorted(
+                (Ready(str(r[0]), r[2], r[3]) for r in rows if r[1] == "pending"),
+                key=lambda r: r.seq,
+            )
+            return Rescue(requeued, [str(r[0]) for r in rows if r[1] == "dead"])
+
+        return await self._run(rescue)
+
+    async def pending_after(self, queue: str, after_seq: int, limit: int) -> list[Ready]:
+        def page(conn: psycopg.Connection[Any]) -> list[Ready]:
+            rows = conn.execute(q.PENDING_AFTER, (queue, after_seq, limit)).fetchall()
+            return [Ready(str(r[0]), r[1], r[2]) for r in rows]
+
+        return await self._run(page)

@@ -1,0 +1,153 @@
+"""Every SQL statement `PostgresStore` runs, named. Each transition is conditional on
+the row's current status (and, for a worker's writes, on its lease), so concurrent
+workers, schedulers and reapers resolve their races inside PostgreSQL."""
+
+from __future__ import annotations
+
+JOB_COLUMNS = (
+    "id, queue, job_type, payload, status, priority, scheduled_at, max_retries, retry_count, "
+    "error_message, locked_by, locked_at, completed_at, job_timeout, created_at, updated_at, "
+    "attempt, heartbeat_at"
+)
+
+MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(hashtext('kyu_trio.migrate'))"
+CREATE_VERSION_TABLE = """
+CREATE TABLE IF NOT EXISTS kyu_schema_version (
+    version    integer PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)"""
+CURRENT_VERSION = "SELECT coalesce(max(version), 0) FROM kyu_schema_version"
+RECORD_VERSION = "INSERT INTO kyu_schema_version (version) VALUES (%s)"
+
+INSERT_JOBS = """
+INSERT INTO kyu_jobs (id, queue, job_type, payload, status, priority, scheduled_at,
+                      max_retries, job_timeout, created_at, updated_at)
+SELECT t.id, t.queue, t.job_type, t.payload, t.status, t.priority, t.scheduled_at,
+       t.max_retries, t.job_timeout, %(now)s, %(now)s
+FROM unnest(%(ids)s::uuid[], %(queues)s::text[], %(types)s::text[], %(payloads)s::text[],
+            %(statuses)s::text[], %(priorities)s::smallint[], %(due)s::timestamptz[],
+            %(max_retries)s::int[], %(timeouts)s::float8[])
+     WITH ORDINALITY AS t(id, queue, job_type, payload, status, priority, scheduled_at,
+                          max_retries, job_timeout, ord)
+ORDER BY t.ord
+RETURNING id, status, priority, seq
+"""
+
+INSERT_ONE = """
+INSERT INTO kyu_jobs (id, queue, job_type, payload, status, priority, scheduled_at,
+                      max_retries, job_timeout, created_at, updated_at)
+VALUES (%(id)s, %(queue)s, %(job_type)s, %(payload)s, %(status)s, %(priority)s,
+        %(scheduled_at)s, %(max_retries)s, %(job_timeout)s, %(now)s, %(now)s)
+RETURNING seq
+"""
+
+GET_JOB = f"SELECT {JOB_COLUMNS} FROM kyu_jobs WHERE id = %s"
+
+CANCEL_JOB = """
+WITH cancelled AS (
+    UPDATE kyu_jobs SET status = 'cancelled', updated_at = %(now)s
+    WHERE id = %(id)s AND status IN ('pending', 'scheduled', 'failed')
+    RETURNING queue
+)
+SELECT (SELECT queue FROM cancelled), (SELECT queue FROM kyu_jobs WHERE id = %(id)s)
+"""
+
+DEAD_JOBS = f"""
+SELECT {JOB_COLUMNS} FROM kyu_jobs
+WHERE queue = %s AND status = 'dead'
+ORDER BY updated_at DESC
+LIMIT %s
+"""
+
+CLAIM_JOBS = f"""
+UPDATE kyu_jobs
+SET status = 'running', locked_by = %(worker)s, locked_at = %(now)s, heartbeat_at = %(now)s,
+    attempt = attempt + 1, updated_at = %(now)s
+WHERE id = ANY(%(ids)s::uuid[]) AND queue = %(queue)s
+  AND status IN ('pending', 'scheduled', 'failed') AND scheduled_at <= %(now)s
+RETURNING {JOB_COLUMNS}
+"""
+
+COMPLETE_JOBS = """
+UPDATE kyu_jobs AS j
+SET status = 'completed', completed_at = %(now)s, updated_at = %(now)s
+FROM unnest(%(ids)s::uuid[], %(attempts)s::int[]) AS t(id, attempt)
+WHERE j.id = t.id AND j.attempt = t.attempt AND j.status = 'running' AND j.locked_by = %(worker)s
+RETURNING j.id
+"""
+
+FAIL_JOBS = """
+UPDATE kyu_jobs AS j
+SET status = t.status,
+    scheduled_at = coalesce(t.due, j.scheduled_at),
+    retry_count = j.retry_count + CASE WHEN t.status = 'failed' THEN 1 ELSE 0 END,
+    error_message = t.message,
+    updated_at = %(now)s
+FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(statuses)s::text[],
+            %(due)s::timestamptz[], %(messages)s::text[]) AS t(id, attempt, status, due, message)
+WHERE j.id = t.id AND j.attempt = t.attempt AND j.status = 'running' AND j.locked_by = %(worker)s
+RETURNING j.id
+"""
+
+REQUEUE_JOBS = """
+UPDATE kyu_jobs AS j
+SET status = 'pending', scheduled_at = %(now)s, seq = nextval('kyu_jobs_seq'),
+    updated_at = %(now)s
+FROM unnest(%(ids)s::uuid[], %(attempts)s::int[]) AS t(id, attempt)
+WHERE j.id = t.id AND j.attempt = t.attempt AND j.status = 'running' AND j.locked_by = %(worker)s
+RETURNING j.id, j.priority, j.seq
+"""
+
+HEARTBEAT = """
+UPDATE kyu_jobs AS j
+SET heartbeat_at = %(now)s
+FROM unnest(%(ids)s::uuid[], %(attempts)s::int[]) AS t(id, attempt)
+WHERE j.id = t.id AND j.attempt = t.attempt AND j.status = 'running' AND j.locked_by = %(worker)s
+"""
+
+# The inner SELECT walks kyu_jobs_due_idx; SKIP LOCKED lets two schedulers share the work.
+# nextval() in the ordered subquery hands out sequence numbers in due order.
+PROMOTE_DUE = """
+WITH due AS (
+    SELECT id, nextval('kyu_jobs_seq') AS new_seq FROM (
+        SELECT id FROM kyu_jobs
+        WHERE queue = %(queue)s AND status IN ('scheduled', 'failed') AND scheduled_at <= %(now)s
+        ORDER BY scheduled_at, seq
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS picked
+)
+UPDATE kyu_jobs AS j
+SET status = 'pending', seq = due.new_seq, updated_at = %(now)s
+FROM due
+WHERE j.id = due.id
+RETURNING j.id, j.priority, j.seq
+"""
+
+RESCUE_STALE = """
+WITH stale AS (
+    SELECT id FROM kyu_jobs
+    WHERE queue = %(queue)s AND status = 'running' AND heartbeat_at < %(stale_before)s
+      AND locked_at + make_interval(secs => job_timeout) < %(now)s
+    ORDER BY heartbeat_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE kyu_jobs AS j
+SET status = CASE WHEN j.retry_count < j.max_retries THEN 'pending' ELSE 'dead' END,
+    retry_count = j.retry_count + CASE WHEN j.retry_count < j.max_retries THEN 1 ELSE 0 END,
+    error_message = 'worker lost while running (attempt ' || j.attempt || ')',
+    scheduled_at = %(now)s,
+    seq = nextval('kyu_jobs_seq'),
+    updated_at = %(now)s
+FROM stale
+WHERE j.id = stale.id
+RETURNING j.id, j.status, j.priority, j.seq
+"""
+
+PENDING_AFTER = """
+SELECT id, priority, seq FROM kyu_jobs
+WHERE queue = %s AND status = 'pending' AND seq > %s
+ORDER BY seq
+LIMIT %s
+"""
