@@ -33,6 +33,8 @@ def postgres_address(dsn: str) -> str:
         raise ConfigError(f"malformed PostgreSQL DSN {mask_password(dsn)!r}") from exc
     host = str(params.get("host") or params.get("hostaddr") or "localhost")
     port = str(params.get("port") or "5432")
+    if not all(p.isdigit() and 0 < int(p) < 65536 for p in port.split(",")):
+        raise ConfigError(f"malformed PostgreSQL DSN {mask_password(dsn)!r}: bad port {port!r}")
     return f"{host}:{port}"
 
 

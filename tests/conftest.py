@@ -48,8 +48,16 @@ def redis_url() -> str:
 
 
 @pytest.fixture
-def queue_name() -> str:
-    return f"kyu:test-{uuid.uuid4().hex[:12]}"
+def queue_name() -> Iterator[str]:
+    """A queue of this test's own; its Redis keys are deleted afterwards."""
+    name = f"kyu:test-{uuid.uuid4().hex[:12]}"
+    yield name
+    try:
+        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+        client.delete(name, f"{name}:~epoch")
+        client.close()
+    except redis.exceptions.RedisError:
+        pass  # a test that never touched Redis may run where none is up
 
 
 @pytest.fixture
@@ -63,8 +71,12 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 def make_config(pg_dsn: str, redis_url: str, queue_name: str) -> Callable[..., Config]:
     def make(**overrides: Any) -> Config:
         values: dict[str, Any] = {
-            "dsn": pg_dsn, "redis_url": redis_url, "queue_name": queue_name,
-            "metrics_port": 0, "workers": 4, "shutdown_grace": 5.0,
+            "dsn": pg_dsn,
+            "redis_url": redis_url,
+            "queue_name": queue_name,
+            "metrics_port": 0,
+            "workers": 4,
+            "shutdown_grace": 5.0,
         }
         values.update(overrides)
         return Config(**values)
@@ -102,9 +114,19 @@ class ThrowawayRedis:
         if exe is None:
             pytest.skip("redis-server is not installed")
         self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -18,8 +18,12 @@ class Harness:
 
     def queue(self, **overrides: Any) -> Queue:
         values: dict[str, Any] = {
-            "workers": 2, "metrics_port": 0, "scheduler_interval": 1.0,
-            "reaper_interval": 10.0, "stale_job_timeout": 60.0, "heartbeat_interval": 5.0,
+            "workers": 2,
+            "metrics_port": 0,
+            "scheduler_interval": 1.0,
+            "reaper_interval": 10.0,
+            "stale_job_timeout": 60.0,
+            "heartbeat_interval": 5.0,
             "shutdown_grace": 5.0,
         }
         values.update(overrides)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
 from typing import Any
 
@@ -21,7 +22,9 @@ async def serve_for(queue: Any, seconds: float) -> None:
         queue.shutdown()
 
 
-async def test_success_is_recorded_completed_with_completed_at(autojump_clock: Any, harness: Harness) -> None:
+async def test_success_is_recorded_completed_with_completed_at(
+    autojump_clock: Any, harness: Harness
+) -> None:
     queue = harness.queue()
     seen: list[Job] = []
 
@@ -40,7 +43,9 @@ async def test_success_is_recorded_completed_with_completed_at(autojump_clock: A
     assert seen[0].id == job_id
 
 
-async def test_retry_backoff_is_exactly_1_2_4_seconds(autojump_clock: Any, harness: Harness) -> None:
+async def test_retry_backoff_is_exactly_1_2_4_seconds(
+    autojump_clock: Any, harness: Harness
+) -> None:
     # scheduler_interval small so promotion happens right at the due time.
     queue = harness.queue(scheduler_interval=0.25)
     runs: list[float] = []
@@ -55,7 +60,7 @@ async def test_retry_backoff_is_exactly_1_2_4_seconds(autojump_clock: Any, harne
         start = trio.current_time()
         await serve_for(queue, 20)
         job = await queue.inspect(job_id)
-    gaps = [b - a for a, b in zip(runs, runs[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(runs)]
     assert runs[0] == start
     # The n-th retry is due exactly 2**(n-1) s after the n-th failure; the scheduler
     # ticks every 0.25 s from t=0, so each due time falls exactly on a tick.
@@ -65,7 +70,9 @@ async def test_retry_backoff_is_exactly_1_2_4_seconds(autojump_clock: Any, harne
     assert job.error_message == "RuntimeError: nope"
 
 
-async def test_third_retry_due_exactly_4s_after_third_failure(autojump_clock: Any, harness: Harness) -> None:
+async def test_third_retry_due_exactly_4s_after_third_failure(
+    autojump_clock: Any, harness: Harness
+) -> None:
     queue = harness.queue()
 
     @queue.handler("flaky")
@@ -102,7 +109,9 @@ async def test_backoff_capped_at_max_backoff(autojump_clock: Any, harness: Harne
     assert delays == [1.0, 2.0, 3.0, 3.0]
 
 
-async def test_run_once_does_not_wait_for_future_retries(autojump_clock: Any, harness: Harness) -> None:
+async def test_run_once_does_not_wait_for_future_retries(
+    autojump_clock: Any, harness: Harness
+) -> None:
     queue = harness.queue()
     calls = 0
 
@@ -160,7 +169,9 @@ async def test_timeout_is_a_failure_with_message(autojump_clock: Any, harness: H
     assert job.error_message == "TimeoutError: timed out after 10.0s"
 
 
-async def test_default_job_timeout_is_stored_at_enqueue(autojump_clock: Any, harness: Harness) -> None:
+async def test_default_job_timeout_is_stored_at_enqueue(
+    autojump_clock: Any, harness: Harness
+) -> None:
     queue = harness.queue(default_job_timeout=7.5)
     async with queue:
         job_id = await queue.enqueue("x", "")
@@ -280,7 +291,9 @@ async def test_queues_are_isolated(autojump_clock: Any, harness: Harness) -> Non
 
 
 @pytest.mark.parametrize("raise_in", ["handler", "middleware"])
-async def test_error_message_is_type_and_text_truncated(autojump_clock: Any, harness: Harness, raise_in: str) -> None:
+async def test_error_message_is_type_and_text_truncated(
+    autojump_clock: Any, harness: Harness, raise_in: str
+) -> None:
     queue = harness.queue()
 
     async def mw(job: Job, call_next: Any) -> None:

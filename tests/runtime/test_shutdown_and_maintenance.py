@@ -14,7 +14,9 @@ from kyu_trio._ports import Lease, Ready
 from .conftest import Harness
 
 
-async def test_graceful_shutdown_lets_short_jobs_finish(autojump_clock: Any, harness: Harness) -> None:
+async def test_graceful_shutdown_lets_short_jobs_finish(
+    autojump_clock: Any, harness: Harness
+) -> None:
     queue = harness.queue(shutdown_grace=10.0)
     started = trio.Event()
 
@@ -97,8 +99,9 @@ async def test_runtime_task_crash_fails_serve_loudly(autojump_clock: Any, harnes
 
     harness.store.promote_due = broken_promote  # type: ignore[method-assign]
     async with queue:
-        with pytest.RaisesGroup(pytest.RaisesExc(RuntimeError, match="programming error"),
-                                flatten_subgroups=True):
+        with pytest.RaisesGroup(
+            pytest.RaisesExc(RuntimeError, match="programming error"), flatten_subgroups=True
+        ):
             await queue.serve()
 
 
@@ -131,9 +134,12 @@ async def test_reaper_rescues_lost_job_spending_a_retry_and_pushes_it(
         assert job.retry_count == 1
         assert job.attempt == 2
         # The lost worker's late write is fenced off.
-        assert await harness.store.complete_jobs(
-            [Lease(job_id, claimed.attempt)], "lost-worker", harness.clock.now()
-        ) == []
+        assert (
+            await harness.store.complete_jobs(
+                [Lease(job_id, claimed.attempt)], "lost-worker", harness.clock.now()
+            )
+            == []
+        )
 
 
 async def test_reaper_marks_dead_when_no_retry_left(autojump_clock: Any, harness: Harness) -> None:

@@ -1,0 +1,56 @@
+"""One suite, run against MemoryBroker and RedisBroker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from kyu_trio._ports import Ready
+
+
+async def test_pops_highest_priority_then_lowest_seq(broker: Any, queue_name: str) -> None:
+    await broker.push(
+        queue_name,
+        [
+            Ready("low", -5, 1),
+            Ready("high-late", 9, 7),
+            Ready("high-early", 9, 3),
+            Ready("mid", 0, 2),
+        ],
+    )
+    assert await broker.size(queue_name) == 4
+    assert await broker.pop(queue_name, 3) == ["high-early", "high-late", "mid"]
+    assert await broker.pop(queue_name, 3) == ["low"]
+    assert await broker.pop(queue_name, 3) == []
+
+
+async def test_extreme_priorities_keep_order(broker: Any, queue_name: str) -> None:
+    await broker.push(
+        queue_name,
+        [Ready("min", -32768, 1), Ready("max", 32767, 2**37 - 1), Ready("zero", 0, 5)],
+    )
+    assert await broker.pop(queue_name, 3) == ["max", "zero", "min"]
+
+
+async def test_pop_wait_times_out_empty_and_wakes_on_push(broker: Any, queue_name: str) -> None:
+    assert await broker.pop_wait(queue_name, 0.1) == []
+    async with trio.open_nursery() as nursery:
+
+        async def push_soon() -> None:
+            await trio.sleep(0.05)
+            await broker.push(queue_name, [Ready("x", 0, 1)])
+
+        nursery.start_soon(push_soon)
+        assert await broker.pop_wait(queue_name, 5) == ["x"]
+
+
+async def test_remove_missing_and_epoch(broker: Any, queue_name: str) -> None:
+    await broker.push(queue_name, [Ready("a", 0, 1), Ready("b", 0, 2)])
+    await broker.remove(queue_name, ["a"])
+    assert await broker.missing(queue_name, ["a", "b", "c"]) == ["a", "c"]
+    assert await broker.claim_epoch(queue_name) is True
+    assert await broker.claim_epoch(queue_name) is False
+    # Pushing the same id again keeps one entry.
+    await broker.push(queue_name, [Ready("b", 0, 2)])
+    assert await broker.size(queue_name) == 1

@@ -1,0 +1,158 @@
+"""One suite, run against MemoryStore and PostgresStore, so the fake cannot drift."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from kyu_trio import JobStatus
+from kyu_trio._ports import CancelOutcome, Failure, Lease, NewJob
+
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+def new(queue: str, *, due: datetime = T0, priority: int = 0, retries: int = 3) -> NewJob:
+    return NewJob(
+        id=str(uuid.uuid4()),
+        queue=queue,
+        job_type="t",
+        payload="p",
+        priority=priority,
+        max_retries=retries,
+        scheduled_at=due,
+        job_timeout=10.0,
+        status=JobStatus.PENDING if due <= T0 else JobStatus.SCHEDULED,
+    )
+
+
+async def test_insert_returns_pending_in_order_with_increasing_seq(
+    store: Any, queue_name: str
+) -> None:
+    jobs = [new(queue_name), new(queue_name, due=T0 + timedelta(hours=1)), new(queue_name)]
+    ready = await store.insert_jobs(jobs, T0)
+    assert [r.id for r in ready] == [jobs[0].id, jobs[2].id]
+    assert ready[0].seq < ready[1].seq
+    got = await store.get_job(jobs[1].id)
+    assert got.status is JobStatus.SCHEDULED
+    assert got.queue == queue_name
+    assert got.created_at == T0
+
+
+async def test_claim_is_conditional(store: Any, queue_name: str) -> None:
+    due, later = new(queue_name), new(queue_name, due=T0 + timedelta(seconds=5))
+    await store.insert_jobs([due, later], T0)
+    claimed = await store.claim_jobs(queue_name, [due.id, later.id, "garbage"], "w1", T0)
+    assert [j.id for j in claimed] == [due.id]
+    assert claimed[0].status is JobStatus.RUNNING
+    assert claimed[0].attempt == 1
+    assert claimed[0].locked_by == "w1"
+    # Already running: a second claim (another worker, a duplicate id) gets nothing.
+    assert await store.claim_jobs(queue_name, [due.id], "w2", T0) == []
+    # Other queue: never.
+    assert await store.claim_jobs("other-queue", [later.id], "w1", T0 + timedelta(hours=1)) == []
+
+
+async def test_claim_refuses_cancelled(store: Any, queue_name: str) -> None:
+    job = new(queue_name)
+    await store.insert_jobs([job], T0)
+    result = await store.cancel_job(job.id, T0)
+    assert result.outcome == CancelOutcome.CANCELLED
+    assert result.queue == queue_name
+    assert await store.claim_jobs(queue_name, [job.id], "w", T0) == []
+    assert (await store.cancel_job(job.id, T0)).outcome == CancelOutcome.NOT_CANCELLABLE
+    assert (await store.cancel_job(str(uuid.uuid4()), T0)).outcome == CancelOutcome.NOT_FOUND
+
+
+async def test_writes_are_fenced_by_lease(store: Any, queue_name: str) -> None:
+    job = new(queue_name)
+    await store.insert_jobs([job], T0)
+    [claimed] = await store.claim_jobs(queue_name, [job.id], "w1", T0)
+    stale = Lease(job.id, claimed.attempt - 1)
+    assert await store.complete_jobs([stale], "w1", T0) == []
+    assert await store.complete_jobs([Lease(job.id, claimed.attempt)], "w2", T0) == []
+    assert await store.complete_jobs([Lease(job.id, claimed.attempt)], "w1", T0) == [job.id]
+    got = await store.get_job(job.id)
+    assert got.status is JobStatus.COMPLETED
+    assert got.completed_at == T0
+    # Completed is final: a late failure write changes nothing.
+    failure = Failure(Lease(job.id, claimed.attempt), JobStatus.DEAD, "late")
+    assert await store.fail_jobs([failure], "w1", T0) == []
+    assert (await store.get_job(job.id)).status is JobStatus.COMPLETED
+
+
+async def test_fail_then_promote_then_dead(store: Any, queue_name: str) -> None:
+    job = new(queue_name, retries=1)
+    await store.insert_jobs([job], T0)
+    [c] = await store.claim_jobs(queue_name, [job.id], "w", T0)
+    due = T0 + timedelta(seconds=1)
+    failure = Failure(Lease(job.id, c.attempt), JobStatus.FAILED, "E: 1", due)
+    assert await store.fail_jobs([failure], "w", T0) == [job.id]
+    got = await store.get_job(job.id)
+    assert (got.status, got.retry_count, got.error_message) == (JobStatus.FAILED, 1, "E: 1")
+    assert got.scheduled_at == due
+    assert await store.claim_jobs(queue_name, [job.id], "w", T0) == []  # not due yet
+    assert await store.promote_due(queue_name, T0, 10) == []
+    [ready] = await store.promote_due(queue_name, due, 10)
+    assert ready.id == job.id
+    assert (await store.get_job(job.id)).status is JobStatus.PENDING
+    [c2] = await store.claim_jobs(queue_name, [job.id], "w", due)
+    assert c2.attempt == 2
+    dead = Failure(Lease(job.id, c2.attempt), JobStatus.DEAD, "E: 2")
+    assert await store.fail_jobs([dead], "w", due) == [job.id]
+    got = await store.get_job(job.id)
+    assert (got.status, got.retry_count, got.error_message) == (JobStatus.DEAD, 1, "E: 2")
+    assert [j.id for j in await store.dead_jobs(queue_name, 10)] == [job.id]
+
+
+async def test_promote_is_bounded_and_in_due_order(store: Any, queue_name: str) -> None:
+    jobs = [new(queue_name, due=T0 + timedelta(seconds=s)) for s in (3, 1, 2)]
+    await store.insert_jobs(jobs, T0)
+    first = await store.promote_due(queue_name, T0 + timedelta(seconds=10), 2)
+    assert [r.id for r in first] == [jobs[1].id, jobs[2].id]
+    assert first[0].seq < first[1].seq
+    rest = await store.promote_due(queue_name, T0 + timedelta(seconds=10), 2)
+    assert [r.id for r in rest] == [jobs[0].id]
+
+
+async def test_requeue_keeps_retry_count_and_gets_new_seq(store: Any, queue_name: str) -> None:
+    job = new(queue_name)
+    [r0] = await store.insert_jobs([job], T0)
+    [c] = await store.claim_jobs(queue_name, [job.id], "w", T0)
+    [r1] = await store.requeue_jobs([Lease(job.id, c.attempt)], "w", T0)
+    assert r1.seq > r0.seq
+    got = await store.get_job(job.id)
+    assert (got.status, got.retry_count) == (JobStatus.PENDING, 0)
+
+
+async def test_rescue_stale_respects_heartbeat_and_job_timeout(store: Any, queue_name: str) -> None:
+    a, b = new(queue_name, retries=1), new(queue_name, retries=0)
+    await store.insert_jobs([a, b], T0)
+    await store.claim_jobs(queue_name, [a.id, b.id], "w", T0)
+    later = T0 + timedelta(seconds=30)
+    await store.heartbeat([Lease(a.id, 1)], "w", later)
+    now = T0 + timedelta(seconds=40)
+    # Stale means: heartbeat older than 20 s ago. Only b qualifies.
+    rescue = await store.rescue_stale(queue_name, now, now - timedelta(seconds=20), 10)
+    assert rescue.requeued == []
+    assert rescue.dead == [b.id]
+    got_b = await store.get_job(b.id)
+    assert got_b.error_message == "worker lost while running (attempt 1)"
+    much_later = T0 + timedelta(seconds=100)
+    rescue = await store.rescue_stale(
+        queue_name, much_later, much_later - timedelta(seconds=20), 10
+    )
+    assert [r.id for r in rescue.requeued] == [a.id]
+    got_a = await store.get_job(a.id)
+    assert (got_a.status, got_a.retry_count) == (JobStatus.PENDING, 1)
+    # The lost worker's late write is fenced.
+    assert await store.complete_jobs([Lease(a.id, 1)], "w", much_later) == []
+
+
+async def test_pending_after_pages_by_seq(store: Any, queue_name: str) -> None:
+    jobs = [new(queue_name) for _ in range(5)]
+    ready = await store.insert_jobs(jobs, T0)
+    page = await store.pending_after(queue_name, 0, 3)
+    assert [r.id for r in page] == [r.id for r in ready[:3]]
+    page2 = await store.pending_after(queue_name, page[-1].seq, 3)
+    assert [r.id for r in page2] == [r.id for r in ready[3:]]

@@ -1,0 +1,168 @@
+"""Bad input gets a clear KyuError and writes nothing, in PostgreSQL or in Redis."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+
+from kyu_trio import (
+    Config,
+    ConfigError,
+    InvalidJobError,
+    KyuConnectionError,
+    KyuError,
+    NotConnectedError,
+    Queue,
+)
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def count_rows(dsn: str, queue: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM kyu_jobs WHERE queue = %s", (queue,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+BAD_ENQUEUES: list[tuple[str, dict[str, Any]]] = [
+    ("empty job type", {"job_type": ""}),
+    ("blank job type", {"job_type": "   "}),
+    ("non-str job type", {"job_type": 42}),
+    ("NUL in job type", {"job_type": "a\x00b"}),
+    ("non-str payload", {"payload": b"bytes"}),
+    ("dict payload", {"payload": {"a": 1}}),
+    ("NUL in payload", {"payload": "a\x00b"}),
+    ("lone surrogate", {"payload": "\ud800"}),
+    ("negative max_retries", {"max_retries": -1}),
+    ("float max_retries", {"max_retries": 1.5}),
+    ("NaN timeout", {"job_timeout": math.nan}),
+    ("negative timeout", {"job_timeout": -1.0}),
+    ("zero timeout", {"job_timeout": 0}),
+    ("inf timeout", {"job_timeout": math.inf}),
+    ("naive scheduled_at", {"scheduled_at": datetime(2030, 1, 1)}),
+    ("str scheduled_at", {"scheduled_at": "2030-01-01"}),
+    ("priority too high", {"priority": 32768}),
+    ("priority too low", {"priority": -32769}),
+    ("priority beyond 64 bits", {"priority": 2**70}),
+    ("bool priority", {"priority": True}),
+]
+
+
+@pytest.mark.parametrize(("case", "override"), BAD_ENQUEUES, ids=[c for c, _ in BAD_ENQUEUES])
+async def test_bad_enqueue_is_rejected_and_writes_nothing(
+    real_queue: Queue, pg_dsn: str, redis_client: redis.Redis, case: str, override: dict[str, Any]
+) -> None:
+    args: dict[str, Any] = {"job_type": "t", "payload": "p"}
+    args.update(override)
+    job_type, payload = args.pop("job_type"), args.pop("payload")
+    with pytest.raises(InvalidJobError):
+        await real_queue.enqueue(job_type, payload, **args)
+    name = real_queue.config.queue_name
+    assert count_rows(pg_dsn, name) == 0
+    assert redis_client.zcard(name) == 0
+
+
+async def test_oversized_payload(make_config: Callable[..., Config], pg_dsn: str) -> None:
+    queue = Queue(make_config(max_payload_bytes=1000))
+    async with queue:
+        with pytest.raises(InvalidJobError, match="max_payload_bytes"):
+            await queue.enqueue("t", "é" * 501)  # 1002 bytes of UTF-8
+        await queue.enqueue("t", "x" * 1000)
+    assert count_rows(pg_dsn, queue.config.queue_name) == 1
+
+
+async def test_one_bad_item_rejects_the_whole_batch(real_queue: Queue, pg_dsn: str) -> None:
+    with pytest.raises(InvalidJobError):
+        await real_queue.enqueue_many([("t", "ok"), ("t", 5), ("t", "ok")])  # type: ignore[list-item]
+    assert count_rows(pg_dsn, real_queue.config.queue_name) == 0
+
+
+async def test_sql_injection_is_just_data(real_queue: Queue, pg_dsn: str) -> None:
+    evil = "'); DROP TABLE kyu_jobs; --"
+    job_id = await real_queue.enqueue(evil, evil)
+    job = await real_queue.inspect(job_id)
+    assert (job.job_type, job.payload) == (evil, evil)
+    assert count_rows(pg_dsn, real_queue.config.queue_name) == 1
+
+
+async def test_enqueue_before_connect_is_a_clear_error(make_config: Callable[..., Config]) -> None:
+    queue = Queue(make_config())
+    with pytest.raises(NotConnectedError, match="not connected"):
+        await queue.enqueue("t", "p")
+    with pytest.raises(NotConnectedError):
+        await queue.inspect("00000000-0000-0000-0000-000000000000")
+
+
+@pytest.mark.parametrize(
+    "name", ["", "has space", "semi;colon", "slash/", "tilde~", "ü", "x" * 201, 5]
+)
+def test_bad_queue_names(name: Any) -> None:
+    with pytest.raises(ConfigError, match="queue name"):
+        Config(queue_name=name)
+
+
+async def test_unreachable_postgres_names_host_port_not_password(redis_url: str) -> None:
+    port = free_port()
+    queue = Queue(Config(dsn=f"postgresql://kyu:s3cret@127.0.0.1:{port}/x", redis_url=redis_url))
+    with pytest.raises(KyuConnectionError) as info:
+        await queue.connect()
+    assert f"127.0.0.1:{port}" in str(info.value)
+    assert "s3cret" not in str(info.value)
+    assert not queue.connected
+
+
+async def test_unreachable_redis_names_host_port_not_password(pg_dsn: str) -> None:
+    port = free_port()
+    queue = Queue(Config(dsn=pg_dsn, redis_url=f"redis://:s3cret@127.0.0.1:{port}/0"))
+    with pytest.raises(KyuConnectionError) as info:
+        await queue.connect()
+    assert f"127.0.0.1:{port}" in str(info.value)
+    assert "s3cret" not in str(info.value)
+    assert not queue.connected
+
+
+@pytest.mark.parametrize(
+    "dsn", ["postgresql://u:pw@host:notaport/db", "host=localhost port=5432 bogus_option=1 ="]
+)
+def test_malformed_dsn(dsn: str) -> None:
+    with pytest.raises(ConfigError, match="malformed PostgreSQL DSN") as info:
+        Config(dsn=dsn)
+    assert "pw" not in str(info.value).replace("password", "")
+
+
+def test_malformed_redis_url() -> None:
+    with pytest.raises(ConfigError):
+        Config(redis_url="http://localhost:6379")
+    with pytest.raises(ConfigError):
+        Config(redis_url="redis://localhost:6379/notanumber")
+
+
+def test_repr_masks_passwords() -> None:
+    config = Config(
+        dsn="postgresql://app:hunter2@db:5432/app", redis_url="redis://:hunter3@cache:6379/1"
+    )
+    assert "hunter2" not in repr(config)
+    assert "hunter3" not in repr(config)
+    assert "app:***@db" in repr(config)
+
+
+async def test_bad_dead_jobs_limit(real_queue: Queue) -> None:
+    with pytest.raises(KyuError):
+        await real_queue.dead_jobs(limit=0)
+
+
+async def test_scheduled_at_in_other_timezone_is_respected(real_queue: Queue) -> None:
+    from datetime import timezone
+
+    tz = timezone(timedelta(hours=5))
+    when = datetime.now(tz) + timedelta(hours=1)
+    job_id = await real_queue.enqueue("t", "", scheduled_at=when)
+    assert (await real_queue.inspect(job_id)).scheduled_at == when
