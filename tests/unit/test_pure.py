@@ -1,0 +1,155 @@
+"""Pure modules: config validation, retry policy, scores, DSN masking, public surface."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+import kyu_trio
+from kyu_trio import Config, ConfigError
+from kyu_trio._dsn import mask_password, postgres_address, redis_address
+from kyu_trio._retry import RetryPolicy
+from kyu_trio._score import PRIORITY_MAX, PRIORITY_MIN, score
+
+
+def test_public_surface() -> None:
+    for name in (
+        "Queue",
+        "Config",
+        "Job",
+        "JobStatus",
+        "current_job",
+        "KyuError",
+        "JobNotFound",
+        "KyuConnectionError",
+        "ConfigError",
+        "EnqueueRequest",
+        "UnknownJobType",
+    ):
+        assert name in kyu_trio.__all__, name
+        assert getattr(kyu_trio, name) is not None
+    assert issubclass(kyu_trio.JobNotFound, kyu_trio.KyuError)
+    assert issubclass(kyu_trio.KyuConnectionError, kyu_trio.KyuError)
+    assert issubclass(kyu_trio.ConfigError, kyu_trio.KyuError)
+    assert [s.value for s in kyu_trio.JobStatus] == [
+        "pending",
+        "scheduled",
+        "running",
+        "failed",
+        "completed",
+        "dead",
+        "cancelled",
+    ]
+    assert kyu_trio.JobStatus.DEAD == "dead"
+
+
+def test_config_defaults_match_the_reference() -> None:
+    c = Config()
+    assert (c.dsn, c.redis_url) == ("postgresql://localhost:5432/kyu", "redis://localhost:6379/0")
+    assert (c.workers, c.queue_name, c.metrics_port, c.metrics_host) == (
+        5,
+        "kyu:default",
+        9090,
+        "127.0.0.1",
+    )
+    assert (c.stale_job_timeout, c.scheduler_interval, c.reaper_interval) == (600, 5, 60)
+    assert (c.default_job_timeout, c.max_backoff, c.shutdown_grace) == (30, 3600, 30)
+    assert c.retry_jitter == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"workers": 0},
+        {"workers": True},
+        {"workers": 1.5},
+        {"metrics_port": 70000},
+        {"stale_job_timeout": 0},
+        {"scheduler_interval": float("nan")},
+        {"default_job_timeout": float("inf")},
+        {"shutdown_grace": -1},
+        {"pool_size": 0},
+        {"retry_jitter": -0.1},
+        {"heartbeat_interval": 700.0},
+    ],
+)
+def test_config_rejects_bad_values(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        Config(**kwargs)  # type: ignore[arg-type]
+
+
+def test_config_is_frozen() -> None:
+    import attrs
+
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        Config().workers = 3  # type: ignore[misc]
+
+
+def test_from_env() -> None:
+    env = {
+        "KYU_DSN": "postgresql://u:pw@db:6000/x",
+        "KYU_REDIS_URL": "redis://r:6380/2",
+        "KYU_WORKERS": "7",
+        "KYU_QUEUE": "emails",
+        "KYU_METRICS_PORT": "0",
+    }
+    c = Config.from_env(env, shutdown_grace=3.0)
+    assert (c.dsn, c.redis_url, c.workers, c.queue_name, c.metrics_port, c.shutdown_grace) == (
+        "postgresql://u:pw@db:6000/x",
+        "redis://r:6380/2",
+        7,
+        "emails",
+        0,
+        3.0,
+    )
+    assert Config.from_env({}) == Config()
+    with pytest.raises(ConfigError, match="KYU_WORKERS"):
+        Config.from_env({"KYU_WORKERS": "many"})
+
+
+def test_backoff_is_exact_and_capped() -> None:
+    policy = RetryPolicy(max_backoff=3600)
+    assert [policy.delay(n) for n in range(5)] == [1, 2, 4, 8, 16]
+    assert policy.delay(12) == 3600
+    assert policy.delay(10**9) == 3600  # no overflow
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    assert policy.next_due(2, now) - now == timedelta(seconds=4)
+
+
+def test_jitter_only_delays() -> None:
+    policy = RetryPolicy(max_backoff=3600, jitter=0.5, rng=random.Random(1))
+    delays = [policy.delay(3) for _ in range(200)]
+    assert all(8 <= d <= 12 for d in delays)
+    assert len(set(delays)) > 1
+
+
+def test_score_orders_priority_then_sequence() -> None:
+    assert score(PRIORITY_MAX, 2**37 - 1) < score(PRIORITY_MAX - 1, 0)
+    assert score(0, 1) < score(0, 2)
+    assert score(PRIORITY_MIN, 0) > score(0, 10**9)
+    # Exactly representable: distinct integers map to distinct floats.
+    assert score(PRIORITY_MIN, 2**37 - 1) == float(2**53 - 1)
+
+
+@pytest.mark.parametrize(
+    ("raw", "masked"),
+    [
+        ("postgresql://u:secret@h:5432/db", "postgresql://u:***@h:5432/db"),
+        ("host=h password=secret dbname=x", "host=h password=*** dbname=x"),
+        ("host=h password='se cret' dbname=x", "host=h password=*** dbname=x"),
+        ("postgresql://h/db?password=secret&x=1", "postgresql://h/db?password=***&x=1"),
+        ("redis://:secret@h:6379/0", "redis://:***@h:6379/0"),
+        ("postgresql://u@h/db", "postgresql://u@h/db"),
+    ],
+)
+def test_mask_password(raw: str, masked: str) -> None:
+    assert mask_password(raw) == masked
+
+
+def test_addresses() -> None:
+    assert postgres_address("postgresql://u:p@db.example:6543/x") == "db.example:6543"
+    assert postgres_address("dbname=x") == "localhost:5432"
+    assert redis_address("redis://cache:6380/1") == "cache:6380"
+    assert redis_address("redis://localhost") == "localhost:6379"
