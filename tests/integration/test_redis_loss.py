@@ -14,24 +14,20 @@ from tests.conftest import ThrowawayRedis
 pytestmark = pytest.mark.integration
 
 
-async def run_until(queue: Queue, done: Callable[[], bool], limit: float = 30) -> None:
-    with trio.fail_after(limit):
-        while not done():
-            await trio.sleep(0.05)
-
-
 @pytest.mark.parametrize("how", ["flushall", "flushdb", "restart"])
 async def test_redis_loss_mid_run_loses_no_job(
     make_config: Callable[..., Config], throwaway_redis: ThrowawayRedis, how: str
 ) -> None:
     queue = Queue(make_config(redis_url=throwaway_redis.url, workers=2, scheduler_interval=0.2))
     done: set[str] = set()
-    gate = trio.Event()
+    gate, all_done = trio.Event(), trio.Event()
 
     @queue.handler("t")
     async def t(payload: str) -> None:
         await gate.wait()
         done.add(payload)
+        if len(done) == 50:
+            all_done.set()
 
     async with queue:
         ids = await queue.enqueue_many([("t", str(i)) for i in range(50)])
@@ -47,7 +43,8 @@ async def test_redis_loss_mid_run_loses_no_job(
                 throwaway_redis.stop()
                 throwaway_redis.start()  # same port, empty
             gate.set()
-            await run_until(queue, lambda: len(done) == 50)
+            with trio.fail_after(30):
+                await all_done.wait()
             queue.shutdown()
         statuses = {(await queue.inspect(i)).status for i in ids}
     assert statuses == {JobStatus.COMPLETED}
