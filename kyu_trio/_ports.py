@@ -145,12 +145,16 @@ class Broker(Protocol):
 
     async def push(self, queue: str, entries: Sequence[Ready]) -> None: ...
 
-    async def pop(self, queue: str, count: int) -> list[str]:
-        """Pop up to ``count`` ids at once, without waiting."""
+    async def pop(self, queue: str, count: int) -> dict[str, float]:
+        """Pop up to ``count`` ids at once, without waiting: id -> score, lowest first."""
         ...
 
-    async def pop_wait(self, queue: str, wait: float) -> list[str]:
+    async def pop_wait(self, queue: str, wait: float) -> dict[str, float]:
         """Pop one id, waiting up to ``wait`` seconds for one to arrive."""
+        ...
+
+    async def restore(self, queue: str, popped: dict[str, float]) -> None:
+        """Put popped ids back with the scores they had (a pop we could not act on)."""
         ...
 
     async def remove(self, queue: str, ids: Sequence[str]) -> None: ...

@@ -38,23 +38,28 @@ class MemoryBroker:
             self._pushed.set()
             self._pushed = trio.Event()
 
-    def _pop_now(self, queue: str, count: int) -> list[str]:
+    def _pop_now(self, queue: str, count: int) -> dict[str, float]:
         members = self.sets.get(queue, {})
         ids = sorted(members, key=lambda m: (members[m], m))[:count]
-        for job_id in ids:
-            del members[job_id]
-        return ids
+        return {job_id: members.pop(job_id) for job_id in ids}
 
-    async def pop(self, queue: str, count: int) -> list[str]:
+    async def pop(self, queue: str, count: int) -> dict[str, float]:
         await trio.lowlevel.checkpoint()
         return self._pop_now(queue, count)
 
-    async def pop_wait(self, queue: str, wait: float) -> list[str]:
+    async def pop_wait(self, queue: str, wait: float) -> dict[str, float]:
         await trio.lowlevel.checkpoint()
         with trio.move_on_after(wait):
             while not self.sets.get(queue):
                 await self._pushed.wait()
         return self._pop_now(queue, 1)
+
+    async def restore(self, queue: str, popped: dict[str, float]) -> None:
+        await trio.lowlevel.checkpoint()
+        self.sets.setdefault(queue, {}).update(popped)
+        if popped:
+            self._pushed.set()
+            self._pushed = trio.Event()
 
     async def remove(self, queue: str, ids: Sequence[str]) -> None:
         await trio.lowlevel.checkpoint()

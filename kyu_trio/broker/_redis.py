@@ -86,13 +86,18 @@ class RedisBroker:
         mapping = {e.id: score(e.priority, e.seq) for e in entries}
         await self._run(lambda r: r.zadd(queue, mapping))
 
-    async def pop(self, queue: str, count: int) -> list[str]:
+    async def pop(self, queue: str, count: int) -> dict[str, float]:
         popped: Any = await self._run(lambda r: r.zpopmin(queue, count))
-        return [member.decode() for member, _ in popped]
+        return {member.decode(): float(s) for member, s in popped}
 
-    async def pop_wait(self, queue: str, wait: float) -> list[str]:
+    async def pop_wait(self, queue: str, wait: float) -> dict[str, float]:
         item: Any = await self._run(lambda r: r.bzpopmin(queue, timeout=wait))
-        return [] if item is None else [item[1].decode()]
+        return {} if item is None else {item[1].decode(): float(item[2])}
+
+    async def restore(self, queue: str, popped: dict[str, float]) -> None:
+        if popped:
+            mapping = dict(popped)
+            await self._run(lambda r: r.zadd(queue, mapping))
 
     async def remove(self, queue: str, ids: Sequence[str]) -> None:
         if ids:

@@ -10,6 +10,7 @@ kind. Every write after the claim is fenced by the claim's lease (worker id + at
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections import defaultdict
@@ -150,39 +151,52 @@ class WorkerPool:
                 while True:
                     free = await self._take_slots()
                     try:
-                        ids = await self._broker.pop(self._queue, free)
-                        if not ids:
-                            if self._drain:
-                                self._release_slots(free)
-                                return
-                            ids = await self._broker.pop_wait(self._queue, POP_WAIT)
-                            if ids and free > 1:
-                                ids += await self._broker.pop(self._queue, free - 1)
+                        popped = await self._broker.pop(self._queue, free)
+                        if not popped and self._drain:
+                            self._release_slots(free)
+                            return
+                        if not popped:
+                            popped = await self._broker.pop_wait(self._queue, POP_WAIT)
                     except KyuConnectionError as exc:
                         self._release_slots(free)
                         await outage.wait(exc)
                         continue
-                    if not ids:
-                        self._release_slots(free)
-                        continue
-                    # The ids are out of the broker now: a cancellation must not lose them
-                    # between pop and claim, so the claim and hand-off are shielded.
+                    # The ids are out of the broker now: from here on a cancellation must
+                    # not lose them, so the rest of the round is shielded.
                     with trio.CancelScope(shield=True):
-                        claimed = await self._claim(ids, outage)
+                        claimed = await self._claim_popped(popped, free, outage)
                         for job in claimed:
                             self._held[job.id] = Lease(job.id, job.attempt)
                             jobs_send.send_nowait(job)  # room is guaranteed by the slots
                     self._release_slots(free - len(claimed))
 
-    async def _claim(self, ids: list[str], outage: Outage) -> list[Job]:
+    async def _claim_popped(self, popped: dict[str, float], free: int, outage: Outage) -> list[Job]:
+        if not popped:
+            return []
+        if self._fetch_scope.cancel_called:
+            # Shutdown began while we were waiting in the pop: hand the ids back untouched.
+            await self._restore(popped)
+            return []
+        if len(popped) < free:
+            with contextlib.suppress(KyuConnectionError):  # then claim what we have
+                popped.update(await self._broker.pop(self._queue, free - len(popped)))
+        return await self._claim(popped, outage)
+
+    async def _restore(self, popped: dict[str, float]) -> None:
+        # If even this fails, the reaper's sweep pushes pending rows the broker lacks.
+        with contextlib.suppress(KyuConnectionError):
+            await self._broker.restore(self._queue, popped)
+
+    async def _claim(self, popped: dict[str, float], outage: Outage) -> list[Job]:
         try:
             claimed = await self._store.claim_jobs(
-                self._queue, ids, self._worker_id, self._clock.now()
+                self._queue, list(popped), self._worker_id, self._clock.now()
             )
         except KyuConnectionError as exc:
-            # The popped ids are gone from the broker while their rows stay pending: the
-            # reaper's resync sweep pushes them again once the store is back.
-            outage.failed(exc)
+            # The store is away: give the ids back to the broker so nothing waits for the
+            # reaper's sweep, then back off before the next pop.
+            await self._restore(popped)
+            await outage.wait(exc)
             return []
         outage.recovered()
         self.stats.claimed += len(claimed)

@@ -56,7 +56,7 @@ class Scheduler:
             after = page[-1].seq
         self.resyncs += 1
         self._log.log(
-            logging.WARNING if pushed else logging.DEBUG,
+            logging.INFO if pushed else logging.DEBUG,
             "the broker had no record of queue %r (new, flushed or restarted): "
             "resynced %d pending jobs from the store", self._queue, pushed,
         )

@@ -20,9 +20,9 @@ async def test_pops_highest_priority_then_lowest_seq(broker: Any, queue_name: st
         ],
     )
     assert await broker.size(queue_name) == 4
-    assert await broker.pop(queue_name, 3) == ["high-early", "high-late", "mid"]
-    assert await broker.pop(queue_name, 3) == ["low"]
-    assert await broker.pop(queue_name, 3) == []
+    assert list(await broker.pop(queue_name, 3)) == ["high-early", "high-late", "mid"]
+    assert list(await broker.pop(queue_name, 3)) == ["low"]
+    assert list(await broker.pop(queue_name, 3)) == []
 
 
 async def test_extreme_priorities_keep_order(broker: Any, queue_name: str) -> None:
@@ -30,11 +30,11 @@ async def test_extreme_priorities_keep_order(broker: Any, queue_name: str) -> No
         queue_name,
         [Ready("min", -32768, 1), Ready("max", 32767, 2**37 - 1), Ready("zero", 0, 5)],
     )
-    assert await broker.pop(queue_name, 3) == ["max", "zero", "min"]
+    assert list(await broker.pop(queue_name, 3)) == ["max", "zero", "min"]
 
 
 async def test_pop_wait_times_out_empty_and_wakes_on_push(broker: Any, queue_name: str) -> None:
-    assert await broker.pop_wait(queue_name, 0.1) == []
+    assert list(await broker.pop_wait(queue_name, 0.1)) == []
     async with trio.open_nursery() as nursery:
 
         async def push_soon() -> None:
@@ -42,7 +42,7 @@ async def test_pop_wait_times_out_empty_and_wakes_on_push(broker: Any, queue_nam
             await broker.push(queue_name, [Ready("x", 0, 1)])
 
         nursery.start_soon(push_soon)
-        assert await broker.pop_wait(queue_name, 5) == ["x"]
+        assert list(await broker.pop_wait(queue_name, 5)) == ["x"]
 
 
 async def test_remove_missing_and_epoch(broker: Any, queue_name: str) -> None:
@@ -54,3 +54,11 @@ async def test_remove_missing_and_epoch(broker: Any, queue_name: str) -> None:
     # Pushing the same id again keeps one entry.
     await broker.push(queue_name, [Ready("b", 0, 2)])
     assert await broker.size(queue_name) == 1
+
+
+async def test_restore_puts_ids_back_in_place(broker: Any, queue_name: str) -> None:
+    await broker.push(queue_name, [Ready("a", 5, 1), Ready("b", 0, 2), Ready("c", 0, 3)])
+    popped = await broker.pop(queue_name, 2)
+    assert list(popped) == ["a", "b"]
+    await broker.restore(queue_name, popped)
+    assert list(await broker.pop(queue_name, 3)) == ["a", "b", "c"]

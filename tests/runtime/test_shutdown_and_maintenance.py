@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import trio
 
-from kyu_trio import JobStatus, current_job
+from kyu_trio import JobStatus, MemoryBroker, current_job
 from kyu_trio._ports import Lease, Ready
 
 from .conftest import Harness
@@ -120,7 +120,7 @@ async def test_reaper_rescues_lost_job_spending_a_retry_and_pushes_it(
         # A worker in another process claims it and dies without a trace.
         popped = await harness.broker.pop(queue.config.queue_name, 1)
         [claimed] = await harness.store.claim_jobs(
-            queue.config.queue_name, popped, "lost-worker", harness.clock.now()
+            queue.config.queue_name, list(popped), "lost-worker", harness.clock.now()
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(queue.serve)
@@ -147,7 +147,9 @@ async def test_reaper_marks_dead_when_no_retry_left(autojump_clock: Any, harness
     async with queue:
         job_id = await queue.enqueue("t", "", max_retries=0, job_timeout=1.0)
         popped = await harness.broker.pop(queue.config.queue_name, 1)
-        await harness.store.claim_jobs(queue.config.queue_name, popped, "gone", harness.clock.now())
+        await harness.store.claim_jobs(
+            queue.config.queue_name, list(popped), "gone", harness.clock.now()
+        )
         await trio.sleep(61)
         await queue.run_once()
         job = await queue.inspect(job_id)
@@ -160,7 +162,9 @@ async def test_reaper_waits_for_the_jobs_own_timeout(autojump_clock: Any, harnes
     async with queue:
         job_id = await queue.enqueue("t", "", job_timeout=100.0)
         popped = await harness.broker.pop(queue.config.queue_name, 1)
-        await harness.store.claim_jobs(queue.config.queue_name, popped, "gone", harness.clock.now())
+        await harness.store.claim_jobs(
+            queue.config.queue_name, list(popped), "gone", harness.clock.now()
+        )
         await trio.sleep(50)
         await queue.run_once()
         assert (await queue.inspect(job_id)).status is JobStatus.RUNNING
@@ -301,3 +305,32 @@ async def test_retry_popped_before_it_is_due_does_not_run(
         job = await queue.inspect(job_id)
         assert job.status is JobStatus.DEAD
         assert job.scheduled_at - job.created_at == timedelta(seconds=1)
+
+
+class ThreadLikeBroker(MemoryBroker):
+    """A blocking pop that, like redis-py's in a thread, finishes even when cancelled."""
+
+    async def pop_wait(self, queue: str, wait: float) -> dict[str, float]:
+        with trio.CancelScope(shield=True):
+            return await super().pop_wait(queue, wait)
+
+
+async def test_id_popped_after_shutdown_began_is_handed_back(autojump_clock: Any) -> None:
+    harness = Harness()
+    harness.broker = ThreadLikeBroker()
+    queue = harness.queue(workers=3)
+    ran: list[str] = []
+
+    @queue.handler("t")
+    async def t(payload: str) -> None:
+        ran.append(payload)
+
+    async with queue:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(queue.serve)
+            await trio.sleep(0.1)  # the fetcher now blocks in pop_wait
+            queue.shutdown()
+            job_id = await queue.enqueue("t", "late")  # arrives while the pop still waits
+        assert ran == []
+        assert (await queue.inspect(job_id)).status is JobStatus.PENDING
+        assert list(await harness.broker.pop(queue.config.queue_name, 5)) == [job_id]
