@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import trio
 
 from kyu_trio import Config, JobStatus, Queue
 
@@ -49,21 +50,28 @@ def status_counts(pg_dsn: str, queue: str) -> dict[str, int]:
     return {status: n for status, n in rows}
 
 
-def wait_for(pg_dsn: str, queue: str, status: str, n: int, limit: float = 120.0) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if status_counts(pg_dsn, queue).get(status, 0) >= n:
-            return
-        time.sleep(0.2)
+async def wait_for(pg_dsn: str, queue: str, status: str, n: int, limit: float = 120.0) -> None:
+    """Poll the database (from another process's point of view there is no event to wait on)."""
+    with trio.move_on_after(limit):
+        while (await trio.to_thread.run_sync(status_counts, pg_dsn, queue)).get(  # noqa: ASYNC110
+            status, 0
+        ) < n:
+            await trio.sleep(0.2)
+        return
     raise AssertionError(f"timed out: {status_counts(pg_dsn, queue)}")
 
 
-def stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
+async def finish(proc: subprocess.Popen[str]) -> str:
+    """Wait for the worker to exit by itself; return its stderr."""
+    out, err = await trio.to_thread.run_sync(lambda: proc.communicate(timeout=60))
     assert proc.returncode == 0, err
     assert "serve returned" in out
-    return out, err
+    return err
+
+
+async def stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGTERM)
+    return await finish(proc)
 
 
 async def test_two_processes_complete_each_job_exactly_once(
@@ -74,10 +82,10 @@ async def test_two_processes_complete_each_job_exactly_once(
         ids = await queue.enqueue_many([("record", str(i)) for i in range(2000)])
     procs = [start_worker(pg_dsn, redis_url, queue_name) for _ in range(2)]
     try:
-        wait_for(pg_dsn, queue_name, "completed", 2000)
+        await wait_for(pg_dsn, queue_name, "completed", 2000)
     finally:
         for proc in procs:
-            stop(proc)
+            await stop(proc)
     assert status_counts(pg_dsn, queue_name) == {"completed": 2000}
     with psycopg.connect(pg_dsn) as conn:
         rows = conn.execute(
@@ -99,9 +107,9 @@ async def test_sigterm_requeues_in_flight_job_after_grace(
     async with queue:
         job_id = await queue.enqueue("sleep", "60", job_timeout=120)
         proc = start_worker(pg_dsn, redis_url, queue_name, workers=1, grace=1.0)
-        wait_for(pg_dsn, queue_name, "running", 1, limit=30)
+        await wait_for(pg_dsn, queue_name, "running", 1, limit=30)
         started = time.monotonic()
-        stop(proc)
+        await stop(proc)
         assert time.monotonic() - started < 10
         job = await queue.inspect(job_id)
     assert job.status is JobStatus.PENDING
@@ -116,7 +124,26 @@ async def test_sigterm_lets_a_short_job_finish(
     async with queue:
         job_id = await queue.enqueue("sleep", "1.5")
         proc = start_worker(pg_dsn, redis_url, queue_name, workers=1, grace=10.0)
-        wait_for(pg_dsn, queue_name, "running", 1, limit=30)
-        stop(proc)
+        await wait_for(pg_dsn, queue_name, "running", 1, limit=30)
+        await stop(proc)
         job = await queue.inspect(job_id)
     assert job.status is JobStatus.COMPLETED
+
+
+async def test_second_sigterm_skips_the_grace_period(
+    pg_dsn: str, redis_url: str, queue_name: str
+) -> None:
+    queue = Queue(Config(dsn=pg_dsn, redis_url=redis_url, queue_name=queue_name, metrics_port=0))
+    async with queue:
+        job_id = await queue.enqueue("sleep", "60", job_timeout=120)
+        proc = start_worker(pg_dsn, redis_url, queue_name, workers=1, grace=60.0)
+        await wait_for(pg_dsn, queue_name, "running", 1, limit=30)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        await trio.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        await finish(proc)
+        assert time.monotonic() - started < 10  # far less than the 60 s grace
+        job = await queue.inspect(job_id)
+    assert job.status is JobStatus.PENDING
+    assert job.retry_count == 0

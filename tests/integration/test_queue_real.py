@@ -210,3 +210,23 @@ async def test_maintenance_queries_use_their_index(
         plan = conn.execute(("EXPLAIN " + text).encode(), params).fetchall()
         conn.rollback()
     assert index in "\n".join(r[0] for r in plan), name
+
+
+async def test_sync_handler_timeout_abandons_the_thread(make_config: Callable[..., Config]) -> None:
+    queue = Queue(make_config())
+    release = threading.Event()
+
+    @queue.handler("blocking")
+    def blocking(payload: str) -> None:
+        release.wait(10)  # cannot be interrupted: the worker stops waiting for it
+
+    async with queue:
+        job_id = await queue.enqueue("blocking", "", job_timeout=0.3, max_retries=0)
+        started = trio.current_time()
+        await queue.run_once()
+        elapsed = trio.current_time() - started
+        job = await queue.inspect(job_id)
+    release.set()
+    assert elapsed < 5
+    assert job.status is JobStatus.DEAD
+    assert job.error_message == "TimeoutError: timed out after 0.3s"
