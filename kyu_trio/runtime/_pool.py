@@ -350,9 +350,14 @@ class WorkerPool:
                  "duration": round(outcome.duration, 6), "kyu_event": event}
         if outcome.failure is not None:
             extra["error"] = outcome.failure.error_message
+        # Payloads often hold personal data: only with Config.log_payloads=True.
+        payload = ""
+        if self._config.log_payloads:
+            extra["payload"] = job.payload
+            payload = f" payload={job.payload[:200]!r}"
         self._log.log(
-            level, "job %s %s (type=%s attempt=%d %.3fs)%s", job.id, event, job.job_type,
-            job.attempt, outcome.duration,
+            level, "job %s %s (type=%s attempt=%d %.3fs)%s%s", job.id, event, job.job_type,
+            job.attempt, outcome.duration, payload,
             f": {outcome.failure.error_message}" if outcome.failure else "", extra=extra,
         )
 

@@ -314,3 +314,22 @@ async def test_error_message_is_type_and_text_truncated(
     assert job.error_message is not None
     assert job.error_message.startswith("OSError: ")
     assert len(job.error_message.encode()) <= 4096
+
+
+async def test_payloads_are_logged_only_when_asked(
+    autojump_clock: Any, harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    for log_payloads in (False, True):
+        queue = harness.queue(log_payloads=log_payloads)
+
+        @queue.handler("t")
+        async def t(payload: str) -> None:
+            raise ValueError("no")
+
+        caplog.clear()
+        with caplog.at_level("DEBUG", logger="kyu_trio"):
+            async with queue:
+                await queue.enqueue("t", "secret-payload-123", max_retries=0)
+                await queue.run_once()
+        logged = caplog.text + "".join(str(r.__dict__) for r in caplog.records)
+        assert ("secret-payload-123" in logged) is log_payloads
