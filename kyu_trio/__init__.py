@@ -30,12 +30,11 @@ from ._errors import UnknownJobType as UnknownJobType
 from ._job import EnqueueRequest as EnqueueRequest
 from ._job import Job as Job
 from ._job import JobStatus as JobStatus
+from ._version import __version__ as __version__
 from .broker._memory import MemoryBroker as MemoryBroker
 from .runtime._handlers import current_job as current_job
 from .runtime._queue import Queue as Queue
 from .store._memory import MemoryStore as MemoryStore
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Clock",

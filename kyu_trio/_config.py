@@ -93,6 +93,8 @@ class Config:
     queue_name: str = attrs.field(default="kyu:default", validator=_check_queue)
     metrics_port: int = attrs.field(default=9090, validator=_port)
     metrics_host: str = "127.0.0.1"
+    #: How often queue depth, lag and counts by status are sampled for the metrics.
+    metrics_sample_interval: float = attrs.field(default=10.0, validator=_seconds())
     stale_job_timeout: float = attrs.field(default=600.0, validator=_seconds())
     heartbeat_interval: float = attrs.field(default=5.0, validator=_seconds())
     scheduler_interval: float = attrs.field(default=5.0, validator=_seconds())

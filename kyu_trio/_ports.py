@@ -66,6 +66,12 @@ class Rescue:
     dead: list[str]
 
 
+@attrs.frozen
+class QueueStats:
+    counts: dict[JobStatus, int]
+    oldest_due: datetime | None  # earliest due time among ready jobs not yet started
+
+
 class CancelOutcome:
     CANCELLED = "cancelled"
     NOT_CANCELLABLE = "not_cancellable"
@@ -133,6 +139,14 @@ class Store(Protocol):
         """PENDING jobs with ``seq > after_seq`` in seq order (for resyncing the broker)."""
         ...
 
+    async def queue_stats(self, queue: str, now: datetime) -> QueueStats:
+        """Counts by status and the due time of the longest-waiting ready job."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise `KyuConnectionError` unless the store answers."""
+        ...
+
 
 class Broker(Protocol):
     """The dispatch queue: per-queue sets of ready job ids, lowest score first.
@@ -163,6 +177,10 @@ class Broker(Protocol):
 
     async def missing(self, queue: str, ids: Sequence[str]) -> list[str]:
         """The ids among ``ids`` that are not in the queue's set."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise `KyuConnectionError` unless the broker answers."""
         ...
 
     async def claim_epoch(self, queue: str) -> bool:

@@ -82,3 +82,6 @@ class MemoryBroker:
             return False
         self._markers.add(queue)
         return True
+
+    async def ping(self) -> None:
+        await trio.lowlevel.checkpoint()

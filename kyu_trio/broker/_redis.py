@@ -114,3 +114,6 @@ class RedisBroker:
 
     async def claim_epoch(self, queue: str) -> bool:
         return bool(await self._run(lambda r: r.set(marker_key(queue), "1", nx=True)))
+
+    async def ping(self) -> None:
+        await self._run(lambda r: r.ping())

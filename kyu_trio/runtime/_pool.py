@@ -25,6 +25,7 @@ from .._job import Job, JobStatus
 from .._ports import Broker, Lease, Store
 from .._retry import RetryPolicy
 from ._handlers import Registry
+from ._metrics import Metrics
 from ._outage import Outage
 from ._outcomes import Kind, Outcome, decide_failure, error_message, timeout_message
 
@@ -61,8 +62,10 @@ class WorkerPool:
         worker_id: str,
         drain: bool,
         logger: logging.Logger,
+        metrics: Metrics | None = None,
     ) -> None:
         self._config = config
+        self._metrics = metrics
         self._queue = config.queue_name
         self._store = store
         self._broker = broker
@@ -200,6 +203,10 @@ class WorkerPool:
             return []
         outage.recovered()
         self.stats.claimed += len(claimed)
+        if self._metrics is not None:
+            now = self._clock.now()
+            for job in claimed:
+                self._metrics.started(job.job_type, (now - job.scheduled_at).total_seconds())
         for job in claimed:
             self._log.debug(
                 "job claimed", extra={"job_id": job.id, "job_type": job.job_type,
@@ -342,7 +349,14 @@ class WorkerPool:
                 self._log.warning("could not push %d requeued jobs (%s); the resync "
                                   "sweep will", len(ready), exc)
 
+    @property
+    def running(self) -> int:
+        """Jobs claimed by this pool whose outcome is not written yet."""
+        return len(self._held)
+
     def _log_outcome(self, outcome: Outcome, event: str, level: int) -> None:
+        if self._metrics is not None:
+            self._metrics.finished(outcome.job.job_type, event, outcome.duration)
         if not self._log.isEnabledFor(level):
             return
         job = outcome.job

@@ -21,7 +21,10 @@ from .._errors import InvalidJobError, JobNotFound, KyuConnectionError, KyuError
 from .._job import EnqueueRequest, Job, JobStatus
 from .._ports import Broker, CancelOutcome, NewJob, Store
 from .._score import PRIORITY_MAX, PRIORITY_MIN
+from .._version import __version__
 from ._handlers import Handler, HandlerSpec, Middleware, Registry, handler_kind
+from ._http import Response, Route, serve_http
+from ._metrics import Metrics, Sampler
 from ._pool import WorkerPool
 from ._reaper import Reaper
 from ._scheduler import Scheduler
@@ -30,6 +33,7 @@ H = TypeVar("H", bound=Handler)
 
 MAX_JOB_TYPE_LENGTH = 200
 MAX_RETRIES_LIMIT = 2**31 - 1
+READY_CHECK_LIMIT = 2.0
 
 
 def _parse_id(job_id: object) -> str:
@@ -83,6 +87,12 @@ class Queue:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._scheduler: Scheduler | None = None
         self._reaper: Reaper | None = None
+        #: This queue's Prometheus metrics (``metrics.registry`` is private to it).
+        self.metrics = Metrics(
+            self.config.queue_name, __version__, lambda: set(self._registry.handlers)
+        )
+        #: The port the metrics server listens on while `serve()` runs (None otherwise).
+        self.metrics_port: int | None = None
 
     def __repr__(self) -> str:
         return f"<Queue {self.config.queue_name!r} workers={self.config.workers}>"
@@ -162,12 +172,12 @@ class Queue:
         log = self.config.logger
         self._scheduler = Scheduler(
             queue=self.config.queue_name, store=store, broker=broker, clock=self._clock,
-            interval=self.config.scheduler_interval, logger=log,
+            interval=self.config.scheduler_interval, logger=log, metrics=self.metrics,
         )
         self._reaper = Reaper(
             queue=self.config.queue_name, store=store, broker=broker, clock=self._clock,
             interval=self.config.reaper_interval, stale_after=self.config.stale_job_timeout,
-            logger=log,
+            logger=log, metrics=self.metrics,
         )
 
     async def close(self) -> None:
@@ -255,6 +265,7 @@ class Queue:
         if not new_jobs:
             return []
         ready = await store.insert_jobs(new_jobs, now)
+        self.metrics.jobs_total.inc(len(new_jobs))
         try:
             await broker.push(self.config.queue_name, ready)
         except KyuConnectionError as exc:
@@ -393,11 +404,13 @@ class Queue:
     # ---- consuming -------------------------------------------------------------------
 
     def _new_pool(self, store: Store, broker: Broker, *, drain: bool) -> WorkerPool:
-        return WorkerPool(
+        pool = WorkerPool(
             config=self.config, store=store, broker=broker, clock=self._clock,
             registry=self._registry, worker_id=self.worker_id, drain=drain,
-            logger=self.config.logger,
+            logger=self.config.logger, metrics=self.metrics,
         )
+        self.metrics.running.set_function(lambda: pool.running)
+        return pool
 
     @asynccontextmanager
     async def _asyncio_loop(self) -> AsyncIterator[None]:
@@ -453,6 +466,12 @@ class Queue:
                 async with self._asyncio_loop(), trio.open_nursery() as nursery:
                     await nursery.start(self._scheduler.run)
                     await nursery.start(self._reaper.run)
+                    await nursery.start(self._sampler(store, broker).run)
+                    if self.config.metrics_port:
+                        self.metrics_port = await nursery.start(
+                            serve_http, self.config.metrics_host, self.config.metrics_port,
+                            self._routes(store, broker), self.config.logger,
+                        )
                     if threading.current_thread() is threading.main_thread():
                         await nursery.start(self._watch_signals, pool)
                     await nursery.start(self._supervise_pool, pool, nursery.cancel_scope)
@@ -466,6 +485,39 @@ class Queue:
             finally:
                 self._stop_event = None
                 self._shutdown_requested = False
+                self.metrics_port = None
+
+    def _sampler(self, store: Store, broker: Broker) -> Sampler:
+        return Sampler(
+            metrics=self.metrics, queue=self.config.queue_name, store=store, broker=broker,
+            clock=self._clock, interval=self.config.metrics_sample_interval,
+            logger=self.config.logger,
+        )
+
+    def _routes(self, store: Store, broker: Broker) -> dict[str, Route]:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        async def metrics() -> Response:
+            return Response(200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST)
+
+        async def healthz() -> Response:
+            return Response(200, b"ok\n")
+
+        async def readyz() -> Response:
+            problems = []
+            for name, check in (("PostgreSQL", store.ping), ("Redis", broker.ping)):
+                try:
+                    with trio.fail_after(READY_CHECK_LIMIT):
+                        await check()
+                except KyuConnectionError as exc:
+                    problems.append(str(exc))
+                except trio.TooSlowError:
+                    problems.append(f"{name} did not answer within {READY_CHECK_LIMIT}s")
+            if problems:
+                return Response(503, ("not ready: " + "; ".join(problems) + "\n").encode())
+            return Response(200, b"ready\n")
+
+        return {"/metrics": metrics, "/healthz": healthz, "/readyz": readyz}
 
     async def _supervise_pool(
         self, pool: WorkerPool, done: trio.CancelScope,

@@ -10,6 +10,7 @@ import trio
 from .._clock import Clock
 from .._errors import KyuConnectionError
 from .._ports import Broker, Store
+from ._metrics import Metrics
 from ._outage import Outage
 
 BATCH = 1000
@@ -21,6 +22,7 @@ class Reaper:
     def __init__(
         self, *, queue: str, store: Store, broker: Broker, clock: Clock,
         interval: float, stale_after: float, logger: logging.Logger,
+        metrics: Metrics | None = None,
     ) -> None:
         self._queue = queue
         self._store = store
@@ -29,6 +31,7 @@ class Reaper:
         self._interval = interval
         self._stale_after = timedelta(seconds=stale_after)
         self._log = logger
+        self._metrics = metrics
         self._sweep_cursor = 0
         self.rescued = 0
         self.dead = 0
@@ -56,6 +59,8 @@ class Reaper:
             if batch < BATCH:
                 break
         self.rescued += rescued
+        if self._metrics is not None and rescued:
+            self._metrics.rescued.inc(rescued)
         await self._sweep()
         return rescued
 

@@ -10,6 +10,7 @@ import trio
 from .._clock import Clock
 from .._errors import KyuConnectionError
 from .._ports import Broker, Store
+from ._metrics import Metrics
 from ._outage import Outage
 
 BATCH = 1000
@@ -18,7 +19,7 @@ BATCH = 1000
 class Scheduler:
     def __init__(
         self, *, queue: str, store: Store, broker: Broker, clock: Clock,
-        interval: float, logger: logging.Logger,
+        interval: float, logger: logging.Logger, metrics: Metrics | None = None,
     ) -> None:
         self._queue = queue
         self._store = store
@@ -26,6 +27,7 @@ class Scheduler:
         self._clock = clock
         self._interval = interval
         self._log = logger
+        self._metrics = metrics
         self.promoted = 0
         self.resyncs = 0
 
@@ -45,6 +47,8 @@ class Scheduler:
         if promoted:
             self._log.debug("promoted %d due jobs of %r", promoted, self._queue)
         self.promoted += promoted
+        if self._metrics is not None and promoted:
+            self._metrics.promoted.inc(promoted)
         return promoted
 
     async def resync(self) -> int:
@@ -55,6 +59,8 @@ class Scheduler:
             pushed += len(page)
             after = page[-1].seq
         self.resyncs += 1
+        if self._metrics is not None:
+            self._metrics.resyncs.inc()
         self._log.log(
             logging.INFO if pushed else logging.DEBUG,
             "the broker had no record of queue %r (new, flushed or restarted): "

@@ -20,6 +20,7 @@ from .._ports import (
     Failure,
     Lease,
     NewJob,
+    QueueStats,
     Ready,
     Rescue,
 )
@@ -239,3 +240,18 @@ class MemoryStore:
             key=lambda r: r.seq,
         )
         return pending[:limit]
+
+    async def queue_stats(self, queue: str, now: datetime) -> QueueStats:
+        await trio.lowlevel.checkpoint()
+        counts = dict.fromkeys(JobStatus, 0)
+        oldest: datetime | None = None
+        for job in self.jobs.values():
+            if job.queue != queue:
+                continue
+            counts[job.status] += 1
+            if job.status in READY_STATES and job.scheduled_at <= now:
+                oldest = job.scheduled_at if oldest is None else min(oldest, job.scheduled_at)
+        return QueueStats(counts, oldest)
+
+    async def ping(self) -> None:
+        await trio.lowlevel.checkpoint()

@@ -22,7 +22,16 @@ from psycopg.rows import TupleRow
 from .._dsn import mask_password, postgres_address
 from .._errors import KyuConnectionError, KyuError, SchemaError
 from .._job import Job, JobStatus
-from .._ports import CancelOutcome, CancelResult, Failure, Lease, NewJob, Ready, Rescue
+from .._ports import (
+    CancelOutcome,
+    CancelResult,
+    Failure,
+    Lease,
+    NewJob,
+    QueueStats,
+    Ready,
+    Rescue,
+)
 from . import _queries as q
 
 T = TypeVar("T")
@@ -308,3 +317,16 @@ class PostgresStore:
             return [Ready(str(r[0]), r[1], r[2]) for r in rows]
 
         return await self._run(page)
+
+    async def queue_stats(self, queue: str, now: datetime) -> QueueStats:
+        def stats(conn: psycopg.Connection[Any]) -> QueueStats:
+            counts = dict.fromkeys(JobStatus, 0)
+            for status, n in conn.execute(q.COUNT_BY_STATUS, (queue,)).fetchall():
+                counts[JobStatus(status)] = int(n)
+            row = conn.execute(q.OLDEST_DUE, {"queue": queue, "now": now}).fetchone()
+            return QueueStats(counts, row[0] if row else None)
+
+        return await self._run(stats)
+
+    async def ping(self) -> None:
+        await self._run(lambda conn: conn.execute("SELECT 1").fetchone())

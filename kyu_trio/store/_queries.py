@@ -151,3 +151,17 @@ WHERE queue = %s AND status = 'pending' AND seq > %s
 ORDER BY seq
 LIMIT %s
 """
+
+COUNT_BY_STATUS = "SELECT status, count(*) FROM kyu_jobs WHERE queue = %s GROUP BY status"
+
+# Both branches walk a partial index: the oldest ready pending job, and the oldest due
+# scheduled/failed job the scheduler has not promoted yet.
+OLDEST_DUE = """
+SELECT least(
+    (SELECT scheduled_at FROM kyu_jobs WHERE queue = %(queue)s AND status = 'pending'
+     ORDER BY seq LIMIT 1),
+    (SELECT scheduled_at FROM kyu_jobs
+     WHERE queue = %(queue)s AND status IN ('scheduled', 'failed') AND scheduled_at <= %(now)s
+     ORDER BY scheduled_at LIMIT 1)
+)
+"""
