@@ -30,6 +30,7 @@ from ._errors import UnknownJobType as UnknownJobType
 from ._job import EnqueueRequest as EnqueueRequest
 from ._job import Job as Job
 from ._job import JobStatus as JobStatus
+from ._stats import Stats as Stats
 from ._version import __version__ as __version__
 from .broker._memory import MemoryBroker as MemoryBroker
 from .runtime._handlers import current_job as current_job
@@ -52,6 +53,7 @@ __all__ = [
     "NotConnectedError",
     "Queue",
     "SchemaError",
+    "Stats",
     "SystemClock",
     "TrioClock",
     "UnknownJobType",

@@ -147,6 +147,26 @@ class Store(Protocol):
         """Raise `KyuConnectionError` unless the store answers."""
         ...
 
+    async def retry_jobs(self, ids: Sequence[str], now: datetime) -> list[tuple[Ready, str]]:
+        """DEAD/FAILED -> PENDING with retry_count 0; returns (what to push, its queue)."""
+        ...
+
+    async def retry_dead(self, queue: str, now: datetime, limit: int) -> list[Ready]: ...
+
+    async def list_jobs(
+        self, queue: str, status: JobStatus | None, job_type: str | None, limit: int
+    ) -> list[Job]:
+        """The queue's jobs, newest first, optionally filtered."""
+        ...
+
+    async def completed_since(self, queue: str, since: datetime) -> int: ...
+
+    async def purge(
+        self, queue: str, statuses: Sequence[JobStatus], before: datetime, limit: int
+    ) -> int:
+        """Delete up to ``limit`` jobs in ``statuses`` last updated before ``before``."""
+        ...
+
 
 class Broker(Protocol):
     """The dispatch queue: per-queue sets of ready job ids, lowest score first.

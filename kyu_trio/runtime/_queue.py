@@ -10,7 +10,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 import trio
@@ -18,9 +18,10 @@ import trio
 from .._clock import Clock, SystemClock
 from .._config import Config
 from .._errors import InvalidJobError, JobNotFound, KyuConnectionError, KyuError, NotConnectedError
-from .._job import EnqueueRequest, Job, JobStatus
-from .._ports import Broker, CancelOutcome, NewJob, Store
+from .._job import FINAL_STATES, EnqueueRequest, Job, JobStatus
+from .._ports import Broker, CancelOutcome, NewJob, Ready, Store
 from .._score import PRIORITY_MAX, PRIORITY_MIN
+from .._stats import Stats
 from .._version import __version__
 from ._handlers import Handler, HandlerSpec, Middleware, Registry, handler_kind
 from ._http import Response, Route, serve_http
@@ -34,6 +35,11 @@ H = TypeVar("H", bound=Handler)
 MAX_JOB_TYPE_LENGTH = 200
 MAX_RETRIES_LIMIT = 2**31 - 1
 READY_CHECK_LIMIT = 2.0
+
+
+def _check_limit(limit: object) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise KyuError(f"limit must be an int >= 1, got {limit!r}")
 
 
 def _parse_id(job_id: object) -> str:
@@ -266,15 +272,9 @@ class Queue:
             return []
         ready = await store.insert_jobs(new_jobs, now)
         self.metrics.jobs_total.inc(len(new_jobs))
-        try:
-            await broker.push(self.config.queue_name, ready)
-        except KyuConnectionError as exc:
-            # The rows are committed and will run: the reaper's sweep pushes them once
-            # Redis is back. Raising here would invite a duplicate enqueue.
-            self.config.logger.warning(
-                "enqueued %d jobs but could not push them to Redis (%s); they will be "
-                "dispatched by the resync sweep", len(ready), exc,
-            )
+        # The rows are committed and will run even if the push fails (the reaper's sweep
+        # pushes them once Redis is back): raising would invite a duplicate enqueue.
+        await self._push_quietly(broker, self.config.queue_name, ready)
         return [j.id for j in new_jobs]
 
     def _check_job_type(self, job_type: object) -> str:
@@ -396,10 +396,116 @@ class Queue:
             for job in await queue.dead_jobs():
                 print(job.id, job.error_message)
         """
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise KyuError(f"limit must be an int >= 1, got {limit!r}")
+        _check_limit(limit)
         store, _ = self._require()
         return await store.dead_jobs(self.config.queue_name, limit)
+
+    async def retry_job(self, job_id: str) -> bool:
+        """Give a dead or failed job a fresh start: pending now, retry count reset.
+        True if it was retried, False if it is in another state. Raises `JobNotFound`.
+
+        Example::
+
+            for job in await queue.dead_jobs():
+                await queue.retry_job(job.id)
+        """
+        key = _parse_id(job_id)
+        store, broker = self._require()
+        retried = await store.retry_jobs([key], self._clock.now())
+        if not retried:
+            await self.inspect(key)  # raises JobNotFound when there is no such job
+            return False
+        for ready, queue_name in retried:
+            await self._push_quietly(broker, queue_name, [ready])
+        return True
+
+    async def retry_dead_jobs(self, limit: int = 10_000) -> int:
+        """Retry up to ``limit`` dead jobs of this queue (oldest first); return how many.
+
+        Example::
+
+            n = await queue.retry_dead_jobs()
+        """
+        _check_limit(limit)
+        store, broker = self._require()
+        total = 0
+        while total < limit:
+            ready = await store.retry_dead(
+                self.config.queue_name, self._clock.now(), min(1000, limit - total)
+            )
+            await self._push_quietly(broker, self.config.queue_name, ready)
+            total += len(ready)
+            if not ready:
+                break
+        return total
+
+    async def list_jobs(
+        self, *, status: JobStatus | str | None = None, job_type: str | None = None,
+        limit: int = 100,
+    ) -> list[Job]:
+        """This queue's jobs, newest first, optionally filtered by status and type.
+
+        Example::
+
+            failed = await queue.list_jobs(status="failed", limit=20)
+        """
+        _check_limit(limit)
+        try:
+            wanted = None if status is None else JobStatus(status)
+        except ValueError:
+            choices = ", ".join(s.value for s in JobStatus)
+            raise KyuError(f"unknown status {status!r}: use one of {choices}") from None
+        store, _ = self._require()
+        return await store.list_jobs(self.config.queue_name, wanted, job_type, limit)
+
+    async def stats(self) -> Stats:
+        """Counts by status, Redis depth, lag and throughput of the last minute.
+
+        Example::
+
+            s = await queue.stats()
+            print(f"{s.completed_last_minute} jobs/min, lag {s.lag_seconds:.1f}s")
+        """
+        store, broker = self._require()
+        now = self._clock.now()
+        queue_stats = await store.queue_stats(self.config.queue_name, now)
+        depth = await broker.size(self.config.queue_name)
+        done = await store.completed_since(self.config.queue_name, now - timedelta(minutes=1))
+        lag = 0.0
+        if queue_stats.oldest_due is not None:
+            lag = max((now - queue_stats.oldest_due).total_seconds(), 0.0)
+        return Stats(self.config.queue_name, queue_stats.counts, depth, lag, done)
+
+    async def purge(
+        self, older_than: timedelta,
+        statuses: Iterable[JobStatus | str] = (JobStatus.COMPLETED, JobStatus.CANCELLED),
+    ) -> int:
+        """Delete this queue's finished jobs last updated more than ``older_than`` ago,
+        in batches; return how many were deleted. Only final states can be purged.
+
+        Example::
+
+            deleted = await queue.purge(timedelta(days=7))
+        """
+        if not isinstance(older_than, timedelta) or older_than < timedelta(0):
+            raise KyuError("older_than must be a timedelta >= 0")
+        wanted = [JobStatus(s) for s in statuses]
+        if not wanted or any(s not in FINAL_STATES for s in wanted):
+            raise KyuError("only completed, cancelled and dead jobs can be purged")
+        store, _ = self._require()
+        before = self._clock.now() - older_than
+        total = 0
+        while n := await store.purge(self.config.queue_name, wanted, before, 5000):
+            total += n
+        return total
+
+    async def _push_quietly(self, broker: Broker, queue: str, ready: list[Ready]) -> None:
+        try:
+            await broker.push(queue, ready)
+        except KyuConnectionError as exc:
+            self.config.logger.warning(
+                "could not push %d jobs to Redis (%s); the resync sweep will", len(ready), exc
+            )
 
     # ---- consuming -------------------------------------------------------------------
 

@@ -255,3 +255,60 @@ class MemoryStore:
 
     async def ping(self) -> None:
         await trio.lowlevel.checkpoint()
+
+    def _restart(self, job: Job, now: datetime) -> Ready:
+        job = attrs.evolve(job, status=JobStatus.PENDING, retry_count=0, scheduled_at=now,
+                           updated_at=now)
+        self.jobs[job.id] = job
+        self._seq[job.id] = next(self._counter)
+        return self._ready(job)
+
+    async def retry_jobs(self, ids: Sequence[str], now: datetime) -> list[tuple[Ready, str]]:
+        await trio.lowlevel.checkpoint()
+        out = []
+        for job_id in ids:
+            job = self.jobs.get(job_id)
+            if job is not None and job.status in (JobStatus.DEAD, JobStatus.FAILED):
+                out.append((self._restart(job, now), job.queue))
+        return out
+
+    async def retry_dead(self, queue: str, now: datetime, limit: int) -> list[Ready]:
+        await trio.lowlevel.checkpoint()
+        dead = sorted(
+            (j for j in self.jobs.values() if j.queue == queue and j.status is JobStatus.DEAD),
+            key=lambda j: j.updated_at,
+        )[:limit]
+        return [self._restart(j, now) for j in dead]
+
+    async def list_jobs(
+        self, queue: str, status: JobStatus | None, job_type: str | None, limit: int
+    ) -> list[Job]:
+        await trio.lowlevel.checkpoint()
+        jobs = [
+            j for j in self.jobs.values()
+            if j.queue == queue and (status is None or j.status is status)
+            and (job_type is None or j.job_type == job_type)
+        ]
+        jobs.sort(key=lambda j: j.created_at, reverse=True)
+        return jobs[:limit]
+
+    async def completed_since(self, queue: str, since: datetime) -> int:
+        await trio.lowlevel.checkpoint()
+        return sum(
+            1 for j in self.jobs.values()
+            if j.queue == queue and j.status is JobStatus.COMPLETED
+            and j.completed_at is not None and j.completed_at >= since
+        )
+
+    async def purge(
+        self, queue: str, statuses: Sequence[JobStatus], before: datetime, limit: int
+    ) -> int:
+        await trio.lowlevel.checkpoint()
+        old = [
+            j.id for j in self.jobs.values()
+            if j.queue == queue and j.status in statuses and j.updated_at < before
+        ][:limit]
+        for job_id in old:
+            del self.jobs[job_id]
+            self._seq.pop(job_id, None)
+        return len(old)

@@ -330,3 +330,50 @@ class PostgresStore:
 
     async def ping(self) -> None:
         await self._run(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    async def retry_jobs(self, ids: Sequence[str], now: datetime) -> list[tuple[Ready, str]]:
+        params = {"ids": _uuids(ids), "now": now}
+
+        def retry(conn: psycopg.Connection[Any]) -> list[tuple[Ready, str]]:
+            rows = conn.execute(q.RETRY_JOBS, params).fetchall()
+            return [(Ready(str(r[0]), r[1], r[2]), r[3]) for r in rows]
+
+        return await self._run(retry)
+
+    async def retry_dead(self, queue: str, now: datetime, limit: int) -> list[Ready]:
+        params = {"queue": queue, "now": now, "limit": limit}
+
+        def retry(conn: psycopg.Connection[Any]) -> list[Ready]:
+            rows = conn.execute(q.RETRY_ALL_DEAD, params).fetchall()
+            return sorted((Ready(str(r[0]), r[1], r[2]) for r in rows), key=lambda r: r.seq)
+
+        return await self._run(retry)
+
+    async def list_jobs(
+        self, queue: str, status: JobStatus | None, job_type: str | None, limit: int
+    ) -> list[Job]:
+        params = {"queue": queue, "status": status.value if status else None,
+                  "job_type": job_type, "limit": limit}
+
+        def list_(conn: psycopg.Connection[Any]) -> list[Job]:
+            return [_to_job(r) for r in conn.execute(q.LIST_JOBS, params).fetchall()]
+
+        return await self._run(list_)
+
+    async def completed_since(self, queue: str, since: datetime) -> int:
+        def count(conn: psycopg.Connection[Any]) -> int:
+            row = conn.execute(q.COMPLETED_SINCE, (queue, since)).fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._run(count)
+
+    async def purge(
+        self, queue: str, statuses: Sequence[JobStatus], before: datetime, limit: int
+    ) -> int:
+        params = {"queue": queue, "statuses": [s.value for s in statuses], "before": before,
+                  "limit": limit}
+
+        def purge(conn: psycopg.Connection[Any]) -> int:
+            return conn.execute(q.PURGE, params).rowcount
+
+        return await self._run(purge)

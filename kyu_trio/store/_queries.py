@@ -165,3 +165,47 @@ SELECT least(
      ORDER BY scheduled_at LIMIT 1)
 )
 """
+
+# Dead or failed -> pending with a fresh start; returns what to push.
+RETRY_JOBS = """
+UPDATE kyu_jobs
+SET status = 'pending', retry_count = 0, scheduled_at = %(now)s,
+    seq = nextval('kyu_jobs_seq'), updated_at = %(now)s
+WHERE id = ANY(%(ids)s::uuid[]) AND status IN ('dead', 'failed')
+RETURNING id, priority, seq, queue
+"""
+
+RETRY_ALL_DEAD = """
+WITH picked AS (
+    SELECT id FROM kyu_jobs WHERE queue = %(queue)s AND status = 'dead'
+    ORDER BY updated_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+)
+UPDATE kyu_jobs AS j
+SET status = 'pending', retry_count = 0, scheduled_at = %(now)s,
+    seq = nextval('kyu_jobs_seq'), updated_at = %(now)s
+FROM picked WHERE j.id = picked.id
+RETURNING j.id, j.priority, j.seq, j.queue
+"""
+
+LIST_JOBS = f"""
+SELECT {JOB_COLUMNS} FROM kyu_jobs
+WHERE queue = %(queue)s
+  AND (%(status)s::text IS NULL OR status = %(status)s::text)
+  AND (%(job_type)s::text IS NULL OR job_type = %(job_type)s::text)
+ORDER BY created_at DESC
+LIMIT %(limit)s
+"""
+
+COMPLETED_SINCE = """
+SELECT count(*) FROM kyu_jobs
+WHERE queue = %s AND status = 'completed' AND completed_at >= %s
+"""
+
+PURGE = """
+WITH old AS (
+    SELECT id FROM kyu_jobs
+    WHERE queue = %(queue)s AND status = ANY(%(statuses)s::text[]) AND updated_at < %(before)s
+    LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+)
+DELETE FROM kyu_jobs AS j USING old WHERE j.id = old.id
+"""
