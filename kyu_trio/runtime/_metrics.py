@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import trio
 from prometheus_client import (
@@ -35,6 +36,8 @@ class Metrics:
     def __init__(self, queue: str, version: str, known_types: Callable[[], set[str]]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._known_types = known_types
+        self._wait_children: dict[str, Any] = {}
+        self._finished_children: dict[tuple[str, str], list[Any]] = {}
         r = self.registry
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
@@ -73,23 +76,41 @@ class Metrics:
         for status in JobStatus:
             self.by_status.labels(status=status.value)
 
+    def forget_labels(self) -> None:
+        """Drop cached label children: the set of known job types changed."""
+        self._wait_children.clear()
+        self._finished_children.clear()
+
     def job_type(self, job_type: str) -> str:
         return job_type if job_type in self._known_types() else UNKNOWN
 
     def started(self, job_type: str, wait: float) -> None:
-        self.wait.labels(job_type=self.job_type(job_type)).observe(max(wait, 0.0))
+        child = self._wait_children.get(job_type)
+        if child is None:
+            child = self.wait.labels(job_type=self.job_type(job_type))
+            self._wait_children[job_type] = child
+        child.observe(max(wait, 0.0))
 
     def finished(self, job_type: str, status: str, duration: float) -> None:
         """``status``: completed, failed (retry scheduled), dead or requeued."""
-        label = self.job_type(job_type)
-        self.processed.labels(status=status).inc()
-        self.duration.labels(job_type=label, status=status).observe(duration)
-        if status in ("failed", "dead"):
-            self.failures.labels(job_type=label).inc()
-        if status == "failed":
-            self.retries.labels(job_type=label).inc()
-        if status == "dead":
-            self.dead.inc()
+        # labels() takes a lock and builds a key on every call: on the job path we look
+        # each (job type, status) up once and keep the children.
+        children = self._finished_children.get((job_type, status))
+        if children is None:
+            label = self.job_type(job_type)
+            children = [self.processed.labels(status=status),
+                        self.duration.labels(job_type=label, status=status)]
+            if status in ("failed", "dead"):
+                children.append(self.failures.labels(job_type=label))
+            if status == "failed":
+                children.append(self.retries.labels(job_type=label))
+            if status == "dead":
+                children.append(self.dead)
+            self._finished_children[(job_type, status)] = children
+        children[1].observe(duration)
+        for i, child in enumerate(children):
+            if i != 1:
+                child.inc()
 
 
 class Sampler:

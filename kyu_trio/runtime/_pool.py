@@ -235,12 +235,14 @@ class WorkerPool:
     async def _execute(self, job: Job) -> Outcome:
         if self._cancelling:
             return Outcome(Kind.REQUEUE, job, 0.0)
-        scope = trio.CancelScope()
-        self._job_scopes.add(scope)
         started = trio.current_time()
+        # One scope serves both limits: its deadline is the job's timeout, and shutdown
+        # cancels it; whether the deadline had passed tells the two apart.
+        scope = trio.CancelScope(deadline=started + job.job_timeout)
+        self._job_scopes.add(scope)
         error: Exception | None = None
         try:
-            with scope, trio.move_on_after(job.job_timeout) as timeout:
+            with scope:
                 try:
                     await self._registry.execute(job)
                 except Exception as exc:
@@ -254,8 +256,8 @@ class WorkerPool:
             self._job_scopes.discard(scope)
         duration = trio.current_time() - started
         if scope.cancelled_caught:
-            return Outcome(Kind.REQUEUE, job, duration)
-        if timeout.cancelled_caught:
+            if trio.current_time() < scope.deadline:  # cancelled by shutdown, not timed out
+                return Outcome(Kind.REQUEUE, job, duration)
             message = timeout_message(job.job_timeout)
         elif error is not None:
             message = error_message(error)

@@ -118,6 +118,7 @@ class Queue:
         """
         self._check_job_type(job_type)
         self._registry.handlers[job_type] = HandlerSpec(fn, handler_kind(fn, asyncio=asyncio))
+        self.metrics.forget_labels()
 
     def handler(self, job_type: str, *, asyncio: bool = False) -> Callable[[H], H]:
         """Decorator form of `register`.

@@ -171,8 +171,8 @@ async def test_concurrent_connects_migrate_once(pg_dsn: str, redis_url: str) -> 
         for q in queues:
             await q.close()
         with psycopg.connect(dsn) as conn:
-            rows = conn.execute("SELECT version FROM kyu_schema_version").fetchall()
-        assert rows == [(SCHEMA_VERSION,)]
+            rows = conn.execute("SELECT version FROM kyu_schema_version ORDER BY 1").fetchall()
+        assert rows == [(v,) for v in range(1, SCHEMA_VERSION + 1)]  # each applied once
     finally:
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{fresh}" WITH (FORCE)')
