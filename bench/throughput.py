@@ -1,0 +1,97 @@
+"""Throughput: enqueue (single and bulk), then burn the jobs down with worker processes;
+the bare batched loop (bench/_floor_worker.py) runs in the same invocation on the same
+servers, so kyu-trio's figure is reported as a fraction of it.
+
+    .venv/bin/python -m bench.throughput --jobs 50000 --processes 2 --workers 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import psycopg
+import redis
+import trio
+
+from kyu_trio import Config, EnqueueRequest, Queue
+
+from ._common import DSN, REDIS_URL, machine, new_queue_name, run_workers, write_results
+
+
+async def enqueue_figures(queue_name: str, jobs: int, single: int) -> dict[str, float]:
+    queue = Queue(Config(dsn=DSN, redis_url=REDIS_URL, queue_name=queue_name, metrics_port=0))
+    single_queue = Queue(
+        Config(dsn=DSN, redis_url=REDIS_URL, queue_name=queue_name + "-single", metrics_port=0)
+    )
+    async with queue, single_queue:
+        started = time.perf_counter()
+        for _ in range(single):
+            await single_queue.enqueue("noop", "")
+        single_rate = single / (time.perf_counter() - started)
+        started = time.perf_counter()
+        batch = [EnqueueRequest("noop", "")] * 1000
+        for _ in range(jobs // 1000):
+            await queue.enqueue_many(batch)
+        bulk_rate = jobs / (time.perf_counter() - started)
+    return {"single_enqueue_per_s": single_rate, "bulk_enqueue_per_s": bulk_rate}
+
+
+def cleanup(*queues: str) -> None:
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        for q in queues:
+            conn.execute("DELETE FROM kyu_jobs WHERE queue = %s", (q,))
+    client = redis.Redis.from_url(REDIS_URL)
+    for q in queues:
+        client.delete(q, f"{q}:~epoch")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=50_000)
+    parser.add_argument("--single", type=int, default=5_000, help="jobs enqueued one by one")
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=50, help="workers per process")
+    args = parser.parse_args()
+    jobs = args.jobs - args.jobs % 1000
+
+    kyu_q, floor_q = new_queue_name("kyu"), new_queue_name("floor")
+    results: dict[str, Any] = {"machine": machine(), "args": vars(args)}
+    try:
+        results["enqueue"] = trio.run(enqueue_figures, kyu_q, jobs, args.single)
+        results["kyu"] = run_workers("bench._kyu_worker", kyu_q, args.processes, args.workers, jobs)
+        trio.run(enqueue_figures, floor_q, jobs, 0)
+        results["floor"] = run_workers(
+            "bench._floor_worker", floor_q, args.processes, args.workers, jobs
+        )
+    finally:
+        cleanup(kyu_q, kyu_q + "-single", floor_q, floor_q + "-single")
+    kyu, floor, enq = results["kyu"], results["floor"], results["enqueue"]
+    results["kyu_fraction_of_floor"] = kyu["jobs_per_s"] / floor["jobs_per_s"]
+    summary = "\n".join(
+        [
+            f"# Throughput ({jobs} no-op jobs, {args.processes} processes x {args.workers} workers)",
+            "",
+            "| figure | kyu-trio | floor (bare batched loop) |",
+            "|---|---|---|",
+            f"| single enqueue jobs/s | {enq['single_enqueue_per_s']:,.0f} | |",
+            f"| bulk enqueue jobs/s | {enq['bulk_enqueue_per_s']:,.0f} | |",
+            f"| processed jobs/s | {kyu['jobs_per_s']:,.0f} | {floor['jobs_per_s']:,.0f} |",
+            f"| worker CPU s / 1k jobs | {kyu['worker_cpu_s_per_1k']:.3f} | "
+            f"{floor['worker_cpu_s_per_1k']:.3f} |",
+            f"| PostgreSQL CPU s / 1k jobs | {kyu['postgres_cpu_s_per_1k']:.3f} | "
+            f"{floor['postgres_cpu_s_per_1k']:.3f} |",
+            f"| Redis CPU s / 1k jobs | {kyu['redis_cpu_s_per_1k']:.3f} | "
+            f"{floor['redis_cpu_s_per_1k']:.3f} |",
+            "",
+            f"kyu-trio processed {results['kyu_fraction_of_floor']:.0%} of the floor's rate.",
+            "Reproduce: `.venv/bin/python -m bench.throughput "
+            f"--jobs {args.jobs} --processes {args.processes} --workers {args.workers}`",
+        ]
+    )
+    write_results("throughput", results, summary)
+
+
+if __name__ == "__main__":
+    main()
