@@ -29,6 +29,15 @@ WHERE j.id = t.id AND j.attempt = t.attempt AND j.status = 'running'
 """
 
 
+def claim(conn: psycopg.Connection, ids: list[str], now: datetime) -> list[tuple[str, int]]:
+    return conn.execute(CLAIM, {"ids": ids, "now": now}).fetchall()  # type: ignore[return-value]
+
+
+def complete(conn: psycopg.Connection, rows: list[tuple[str, int]], now: datetime) -> None:
+    ids, attempts = [r[0] for r in rows], [r[1] for r in rows]
+    conn.execute(COMPLETE, {"ids": ids, "attempts": attempts, "now": now})
+
+
 async def main() -> None:
     queue = sys.argv[1]
     r = redis.Redis.from_url(os.environ["KYU_REDIS_URL"])
@@ -40,15 +49,8 @@ async def main() -> None:
             continue
         ids = [m.decode() for m, _ in popped]
         now = datetime.now(UTC)
-        rows = await trio.to_thread.run_sync(
-            lambda: conn.execute(CLAIM, {"ids": ids, "now": now}).fetchall()
-        )
-        await trio.to_thread.run_sync(
-            lambda: conn.execute(
-                COMPLETE,
-                {"ids": [r[0] for r in rows], "attempts": [r[1] for r in rows], "now": now},
-            )
-        )
+        rows = await trio.to_thread.run_sync(claim, conn, ids, now)
+        await trio.to_thread.run_sync(complete, conn, rows, now)
 
 
 if __name__ == "__main__":

@@ -71,7 +71,8 @@ def main() -> None:
     results["kyu_fraction_of_floor"] = kyu["jobs_per_s"] / floor["jobs_per_s"]
     summary = "\n".join(
         [
-            f"# Throughput ({jobs} no-op jobs, {args.processes} processes x {args.workers} workers)",
+            f"# Throughput ({jobs} no-op jobs, "
+            f"{args.processes} processes x {args.workers} workers)",
             "",
             "| figure | kyu-trio | floor (bare batched loop) |",
             "|---|---|---|",
