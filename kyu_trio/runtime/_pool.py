@@ -31,6 +31,8 @@ from ._outcomes import Kind, Outcome, decide_failure, error_message, timeout_mes
 
 #: How long an idle fetcher blocks in one pop; bounds how late it notices a shutdown.
 POP_WAIT = 1.0
+#: Concurrent fetchers per process.
+FETCHERS = 2
 #: Most outcomes written in one statement.
 MAX_BATCH = 500
 #: How long a shielded cleanup write may take before we give up on it (the reaper then
@@ -78,7 +80,8 @@ class WorkerPool:
         self._slots = trio.Semaphore(config.workers)
         self._held: dict[str, Lease] = {}  # claimed and not yet recorded: heartbeat these
         self._job_scopes: set[trio.CancelScope] = set()
-        self._fetch_scope = trio.CancelScope()
+        self._fetch_scopes: list[trio.CancelScope] = []
+        self._stopping = False
         self._workers_done = trio.Event()
         self._cancelling = False
         self.stats = PoolStats()
@@ -87,7 +90,9 @@ class WorkerPool:
 
     def stop_fetching(self) -> None:
         """Take no new jobs; jobs already claimed run on."""
-        self._fetch_scope.cancel()
+        self._stopping = True
+        for scope in self._fetch_scopes:
+            scope.cancel()
 
     def cancel_jobs(self) -> None:
         """Cancel every running job now; each goes back to pending without spending a retry."""
@@ -113,10 +118,13 @@ class WorkerPool:
             outer.start_soon(self._completer, out_recv, outer.cancel_scope)
             async with out_send, jobs_recv:
                 try:
-                    async with trio.open_nursery() as workers:
+                    async with trio.open_nursery() as workers, jobs_send:
                         for _ in range(self._config.workers):
                             workers.start_soon(self._worker, jobs_recv.clone(), out_send.clone())
-                        workers.start_soon(self._fetcher, jobs_send)
+                        # Two fetchers keep a pop+claim round trip in flight while the
+                        # other hands jobs out; slots still bound what both claim.
+                        for _ in range(FETCHERS):
+                            workers.start_soon(self._fetcher, jobs_send.clone())
                         task_status.started()
                 finally:
                     self._workers_done.set()
@@ -149,8 +157,12 @@ class WorkerPool:
 
     async def _fetcher(self, jobs_send: trio.MemorySendChannel[Job]) -> None:
         outage = Outage(self._log, f"worker {self._worker_id} fetching from {self._queue!r}")
+        scope = trio.CancelScope()
+        self._fetch_scopes.append(scope)
+        if self._stopping:
+            scope.cancel()
         async with jobs_send:
-            with self._fetch_scope:
+            with scope:
                 while True:
                     free = await self._take_slots()
                     try:
@@ -176,7 +188,7 @@ class WorkerPool:
     async def _claim_popped(self, popped: dict[str, float], free: int, outage: Outage) -> list[Job]:
         if not popped:
             return []
-        if self._fetch_scope.cancel_called:
+        if self._stopping:
             # Shutdown began while we were waiting in the pop: hand the ids back untouched.
             await self._restore(popped)
             return []

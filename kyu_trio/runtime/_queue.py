@@ -166,7 +166,9 @@ class Queue:
         from ..broker._redis import RedisBroker
         from ..store._postgres import PostgresStore
 
-        store = self._given_store or PostgresStore(self.config.dsn, self.config.pool_size)
+        store = self._given_store or PostgresStore(
+            self.config.dsn, self.config.pool_size, self.config.synchronous_commit
+        )
         broker = self._given_broker or RedisBroker(self.config.redis_url, self.config.pool_size)
         await store.open()
         try:

@@ -37,6 +37,8 @@ from . import _queries as q
 T = TypeVar("T")
 
 CONNECT_TIMEOUT = 5
+#: Connections for claims and heartbeats (a fetcher or two and the heartbeat use them).
+LEASE_POOL_SIZE = 4
 
 
 def _migrations() -> list[tuple[int, str]]:
@@ -97,12 +99,16 @@ def migrate(conn: psycopg.Connection[Any]) -> int:
 class PostgresStore:
     """Job state in PostgreSQL's ``kyu_jobs`` table."""
 
-    def __init__(self, dsn: str, pool_size: int = 10) -> None:
+    def __init__(self, dsn: str, pool_size: int = 10, synchronous_commit: bool = True) -> None:
         self._dsn = dsn
         self._address = postgres_address(dsn)
         self._pool_size = pool_size
+        self._synchronous_commit = synchronous_commit
+        self._lease_pool_size = min(pool_size, LEASE_POOL_SIZE)
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
+        self._lease_pool: psycopg_pool.ConnectionPool[Any] | None = None
         self._limiter = trio.CapacityLimiter(pool_size)
+        self._lease_limiter = trio.CapacityLimiter(self._lease_pool_size)
 
     def _connection_error(self, exc: BaseException) -> KyuConnectionError:
         reason = mask_password(str(exc).strip().splitlines()[0] if str(exc).strip() else "")
@@ -111,8 +117,10 @@ class PostgresStore:
             f"{reason or type(exc).__name__}"
         )
 
-    async def _run(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
-        pool = self._pool
+    async def _run(self, fn: Callable[[psycopg.Connection[Any]], T], *, lease: bool = False) -> T:
+        """Run ``fn`` with a pooled connection in a worker thread. ``lease=True`` uses the
+        pool whose commits do not wait for the WAL flush (claims and heartbeats)."""
+        pool = self._lease_pool if lease else self._pool
         if pool is None:
             raise KyuError("the PostgreSQL store is not open")
 
@@ -120,39 +128,54 @@ class PostgresStore:
             with pool.connection() as conn:
                 return fn(conn)
 
+        limiter = self._lease_limiter if lease else self._limiter
         try:
-            return await trio.to_thread.run_sync(call, limiter=self._limiter)
+            return await trio.to_thread.run_sync(call, limiter=limiter)
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             raise self._connection_error(exc) from None
 
+    def _new_pool(self, size: int, synchronous_commit: bool) -> psycopg_pool.ConnectionPool[Any]:
+        kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": CONNECT_TIMEOUT}
+        if not synchronous_commit:
+            kwargs["options"] = "-c synchronous_commit=off"
+        pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
+            self._dsn, min_size=1, max_size=size, open=False, kwargs=kwargs, timeout=30,
+            name="kyu_trio",
+        )
+        pool.open(wait=True, timeout=CONNECT_TIMEOUT * 2)
+        return pool
+
     async def open(self) -> None:
-        def connect_and_migrate() -> psycopg_pool.ConnectionPool[Any]:
+        def connect_and_migrate() -> None:
             # One direct connection first: its error names the real cause, where a
             # pool would only say it timed out.
             with psycopg.connect(self._dsn, connect_timeout=CONNECT_TIMEOUT) as conn:
                 migrate(conn)
-            pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
-                self._dsn, min_size=1, max_size=self._pool_size, open=False,
-                kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
-                timeout=30, name="kyu_trio",
-            )
-            pool.open(wait=True, timeout=CONNECT_TIMEOUT * 2)
-            return pool
+            self._pool = self._new_pool(self._pool_size, self._synchronous_commit)
+            # A claim or heartbeat lost in a PostgreSQL crash costs nothing: the row is
+            # still pending (the reaper's sweep pushes it again) or its lease looks stale
+            # (the reaper rescues it); later writes are fenced by the claim token either
+            # way. So they need not wait for the WAL flush, which costs ~1-2 ms each.
+            self._lease_pool = self._new_pool(self._lease_pool_size, synchronous_commit=False)
 
         try:
-            self._pool = await trio.to_thread.run_sync(connect_and_migrate)
+            await trio.to_thread.run_sync(connect_and_migrate)
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            await self.close()
             raise self._connection_error(exc) from None
         except psycopg.ProgrammingError as exc:
+            await self.close()
             raise KyuConnectionError(
                 f"PostgreSQL at {self._address} refused the connection settings: "
                 f"{mask_password(str(exc))}"
             ) from None
 
     async def close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await trio.to_thread.run_sync(pool.close)
+        pools = [self._pool, self._lease_pool]
+        self._pool = self._lease_pool = None
+        for pool in pools:
+            if pool is not None:
+                await trio.to_thread.run_sync(pool.close)
 
     async def insert_jobs(self, jobs: Sequence[NewJob], now: datetime) -> list[Ready]:
         if len(jobs) == 1:
@@ -226,7 +249,7 @@ class PostgresStore:
         def claim(conn: psycopg.Connection[Any]) -> list[Job]:
             return [_to_job(r) for r in conn.execute(q.CLAIM_JOBS, params).fetchall()]
 
-        claimed = await self._run(claim)
+        claimed = await self._run(claim, lease=True)
         order = {job_id: i for i, job_id in enumerate(ids)}
         claimed.sort(key=lambda j: order.get(j.id, 0))
         return claimed
@@ -285,7 +308,7 @@ class PostgresStore:
         def beat(conn: psycopg.Connection[Any]) -> int:
             return conn.execute(q.HEARTBEAT, params).rowcount
 
-        return await self._run(beat)
+        return await self._run(beat, lease=True)
 
     async def promote_due(self, queue: str, now: datetime, limit: int) -> list[Ready]:
         params = {"queue": queue, "now": now, "limit": limit}

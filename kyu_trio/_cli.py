@@ -1,0 +1,907 @@
+"""The ``kyu-trio`` command line (also ``python -m kyu_trio``).
+
+Example::
+
+    kyu-trio worker app.tasks:queue --workers 10
+    kyu-trio enqueue send_email '{"to": "a@b.c"}' --priority 5
+    kyu-trio stats --watch
+
+Every command exits 0 on success and otherwise prints one line, ``error: <message>``, to
+stderr: exit status 1 for an error of kyu-trio or its servers, 2 for a usage error or a
+module path that cannot be imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import IO, Any, TypeVar
+
+import attrs
+import click
+import trio
+
+from ._config import Config
+from ._errors import KyuError
+from ._job import Job, JobStatus
+from ._stats import Stats
+from ._version import __version__
+from .runtime._queue import Queue
+
+T = TypeVar("T")
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+# ---- errors ---------------------------------------------------------------------------
+
+
+class CliError(click.ClickException):
+    """Shown as the single line ``error: <message>`` on stderr."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+class _Group(click.Group):
+    """Turns click's usage errors into the same one-line form as every other error."""
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            raise _usage(exc) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise _usage(exc) from None
+
+
+def _usage(exc: click.UsageError) -> CliError:
+    path = exc.ctx.command_path if exc.ctx is not None else "kyu-trio"
+    return CliError(f"{_one_line(exc.format_message())} (see '{path} --help')", EXIT_USAGE)
+
+
+def run(fn: Callable[[], Awaitable[T]]) -> T:
+    """Run an async body with trio; a `KyuError` becomes the one-line error."""
+    try:
+        return trio.run(fn)
+    except KyuError as exc:
+        raise CliError(_one_line(str(exc))) from None
+
+
+# ---- settings -------------------------------------------------------------------------
+
+
+@attrs.define
+class Settings:
+    """What the global options said explicitly (None: not given)."""
+
+    dsn: str | None = None
+    redis_url: str | None = None
+    queue: str | None = None
+
+    def overrides(self) -> dict[str, Any]:
+        values = {"dsn": self.dsn, "redis_url": self.redis_url, "queue_name": self.queue}
+        return {k: v for k, v in values.items() if v is not None}
+
+    def config(self) -> Config:
+        """``Config.from_env()`` with the options given on the command line on top."""
+        try:
+            return Config.from_env(**self.overrides())
+        except KyuError as exc:
+            raise CliError(_one_line(str(exc))) from None
+
+    def queue_obj(self) -> Queue:
+        return Queue(self.config())
+
+
+def _store(field: str) -> Callable[[click.Context, click.Parameter, str | None], None]:
+    def callback(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+        settings = ctx.ensure_object(Settings)
+        if value is not None:
+            setattr(settings, field, value)
+
+    return callback
+
+
+def connection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--dsn``, ``--redis-url`` and ``--queue``, accepted before or after the command."""
+    for name, field, env, text in reversed((
+        ("--dsn", "dsn", "KYU_DSN", "PostgreSQL connection string"),
+        ("--redis-url", "redis_url", "KYU_REDIS_URL", "Redis URL"),
+        ("--queue", "queue", "KYU_QUEUE", "queue name"),
+    )):
+        fn = click.option(
+            name, metavar="TEXT", expose_value=False, is_eager=True, callback=_store(field),
+            help=f"{text} [default: ${env}, else the Config default]",
+        )(fn)
+    return fn
+
+
+def settings() -> Settings:
+    return click.get_current_context().ensure_object(Settings)
+
+
+# ---- output helpers -------------------------------------------------------------------
+
+
+def _json_default(value: object) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def echo_json(data: object) -> None:
+    click.echo(json.dumps(data, default=_json_default, indent=None))
+
+
+def job_dict(job: Job) -> dict[str, Any]:
+    data = attrs.asdict(job)
+    data["status"] = job.status.value
+    return data
+
+
+def stats_dict(stats: Stats) -> dict[str, Any]:
+    return {
+        "queue": stats.queue,
+        "counts": {status.value: stats.counts.get(status, 0) for status in JobStatus},
+        "depth": stats.depth,
+        "lag_seconds": round(stats.lag_seconds, 3),
+        "completed_last_minute": stats.completed_last_minute,
+    }
+
+
+def _when(value: datetime | None) -> str:
+    return "-" if value is None else value.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def _cut(text: str | None, width: int) -> str:
+    if not text:
+        return ""
+    text = _one_line(text)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain, pipe-friendly table (no colours, never wrapped)."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    lines = [headers, ["-" * w for w in widths], *rows]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def jobs_table(jobs: Sequence[Job]) -> str:
+    rows = [
+        [j.id, j.job_type, j.status.value, str(j.priority), f"{j.retry_count}/{j.max_retries}",
+         _when(j.created_at), _cut(j.error_message, 60)]
+        for j in jobs
+    ]
+    return table(["id", "type", "status", "priority", "retries", "created_at", "error"], rows)
+
+
+def stats_text(stats: Stats) -> str:
+    rows = [[status.value, str(stats.counts.get(status, 0))] for status in JobStatus]
+    lines = [f"queue {stats.queue}", table(["status", "jobs"], rows), ""]
+    lines.append(f"depth       {stats.depth} job ids waiting in Redis")
+    lines.append(f"lag         {stats.lag_seconds:.1f}s (oldest due job not yet started)")
+    lines.append(f"throughput  {stats.completed_last_minute} jobs completed in the last minute")
+    return "\n".join(lines)
+
+
+# ---- parsing --------------------------------------------------------------------------
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+
+
+def parse_duration(text: str) -> timedelta:
+    """``30s``, ``15m``, ``12h``, ``7d``, ``2w``, combinations like ``1h30m``, or a plain
+    number of seconds."""
+    raw = text.strip().lower()
+    if re.fullmatch(r"\d+(?:\.\d+)?", raw):
+        return timedelta(seconds=float(raw))
+    if not raw or not re.fullmatch(f"(?:{_DURATION_PART.pattern})+", raw):
+        raise ValueError(f"invalid duration {text!r}: use e.g. 30s, 15m, 12h, 7d or 1h30m")
+    seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(raw))
+    return timedelta(seconds=seconds)
+
+
+class DurationType(click.ParamType):
+    name = "DURATION"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> timedelta:
+        if isinstance(value, timedelta):
+            return value
+        try:
+            return parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class WhenType(click.ParamType):
+    """An ISO 8601 date-time; without an offset it is local time."""
+
+    name = "ISO"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            when = datetime.fromisoformat(str(value))
+        except ValueError:
+            self.fail(f"{value!r} is not an ISO 8601 date-time (e.g. 2030-01-31T09:00:00Z)",
+                      param, ctx)
+        return when if when.tzinfo is not None else when.astimezone()
+
+
+# ---- loading the user's Queue -----------------------------------------------------------
+
+
+def load_queue(spec: str) -> Queue:
+    """Import ``package.module:attribute`` (``:queue`` when omitted) from the current
+    directory or sys.path; it must be a `Queue`."""
+    module_name, _, attr = spec.partition(":")
+    attr = attr or "queue"
+    if not module_name or not re.fullmatch(r"[\w.]+", module_name) or not re.fullmatch(
+        r"[\w.]+", attr
+    ):
+        raise CliError(
+            f"invalid module path {spec!r}: expected package.module:attribute "
+            "(e.g. app.tasks:queue)", EXIT_USAGE,
+        )
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (module_name == exc.name
+                                     or module_name.startswith(exc.name + ".")):
+            raise CliError(
+                f"cannot import {module_name!r} (from {spec!r}): no module named {exc.name!r} "
+                f"in {cwd} or on sys.path", EXIT_USAGE,
+            ) from None
+        raise CliError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}",
+                       EXIT_USAGE) from None
+    except Exception as exc:
+        raise CliError(
+            f"importing {module_name!r} failed: {type(exc).__name__}: {_one_line(str(exc))}",
+            EXIT_USAGE,
+        ) from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise CliError(f"module {module_name!r} has no attribute {attr!r}",
+                           EXIT_USAGE) from None
+    if not isinstance(obj, Queue):
+        raise CliError(f"{spec!r} is a {type(obj).__name__}, not a kyu_trio.Queue", EXIT_USAGE)
+    return obj
+
+
+def _configure(queue: Queue, **extra: Any) -> Queue:
+    """Apply the connection options given on the command line (and ``extra``) to a queue
+    loaded from the user's module; nothing given, nothing changed."""
+    changes = {**settings().overrides(), **{k: v for k, v in extra.items() if v is not None}}
+    if changes:
+        if queue.connected:
+            raise CliError("the queue is already connected: cannot change its settings")
+        try:
+            queue.config = attrs.evolve(queue.config, **changes)
+        except KyuError as exc:
+            raise CliError(_one_line(str(exc))) from None
+    return queue
+
+
+# ---- the commands ---------------------------------------------------------------------
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@connection_options
+@click.version_option(__version__, prog_name="kyu-trio")
+def cli() -> None:
+    """kyu-trio: run workers, enqueue, look at and fix jobs, and start dev servers.
+
+    Connection settings come from --dsn/--redis-url/--queue (before or after the
+    command), else from KYU_DSN/KYU_REDIS_URL/KYU_QUEUE, else the Config defaults.
+    """
+
+
+@cli.command()
+@connection_options
+@click.argument("app")
+@click.option("--workers", "-w", type=click.IntRange(min=1), help="jobs run at once")
+def worker(app: str, workers: int | None) -> None:
+    """Run workers, scheduler and reaper for APP (module.path:queue) until SIGINT/SIGTERM.
+
+    \b
+    Example: kyu-trio worker app.tasks:queue --workers 10
+    """
+    queue = _configure(load_queue(app), workers=workers)
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # serve() turns SIGINT/SIGTERM into a graceful stop and returns.
+    run(queue.serve)
+    queue.config.logger.info("worker stopped")
+
+
+@cli.command()
+@connection_options
+@click.argument("job_type", metavar="TYPE")
+@click.argument("payload")
+@click.option("--priority", "-p", type=int, default=0, show_default=True,
+              help="-32768..32767, higher runs first")
+@click.option("--delay", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="run no earlier than SECONDS from now")
+@click.option("--at", "at", type=WhenType(),
+              help="run no earlier than this ISO 8601 time (local time without an offset)")
+@click.option("--max-retries", type=int, default=3, show_default=True,
+              help="retries after a failure (N+1 runs in all)")
+@click.option("--timeout", type=float, metavar="SECONDS",
+              help="time limit of one run [default: Config.default_job_timeout]")
+def enqueue(
+    job_type: str, payload: str, priority: int, delay: float | None, at: datetime | None,
+    max_retries: int, timeout: float | None,
+) -> None:
+    """Add a job of TYPE with PAYLOAD ('-' reads it from stdin); print its id.
+
+    \b
+    Example: kyu-trio enqueue send_email '{"to": "a@b.c"}' --priority 5 --delay 60
+    """
+    if delay is not None and at is not None:
+        raise CliError("use --delay or --at, not both", EXIT_USAGE)
+    if payload == "-":
+        payload = click.get_text_stream("stdin").read()
+    when = at
+    if delay is not None:
+        when = datetime.now(UTC) + timedelta(seconds=delay)
+    queue = settings().queue_obj()
+
+    async def body() -> str:
+        async with queue:
+            return await queue.enqueue(
+                job_type, payload, priority=priority, max_retries=max_retries,
+                scheduled_at=when, job_timeout=timeout,
+            )
+
+    click.echo(run(body))
+
+
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="print JSON (datetimes ISO 8601) for scripts")
+
+
+@cli.command()
+@connection_options
+@click.argument("job_id", metavar="ID")
+@json_option
+def inspect(job_id: str, as_json: bool) -> None:
+    """Show the job with this ID (of any queue).
+
+    \b
+    Example: kyu-trio inspect 0b5c... --json
+    """
+    queue = settings().queue_obj()
+
+    async def body() -> Job:
+        async with queue:
+            return await queue.inspect(job_id)
+
+    job = run(body)
+    if as_json:
+        echo_json(job_dict(job))
+        return
+    data = job_dict(job)
+    width = max(len(k) for k in data)
+    for key, value in data.items():
+        shown = _when(value) if isinstance(value, datetime) else ("-" if value is None else value)
+        click.echo(f"{key.ljust(width)}  {shown}")
+
+
+@cli.command()
+@connection_options
+@click.option("--status", "-s", type=click.Choice([s.value for s in JobStatus]),
+              help="only jobs in this state")
+@click.option("--type", "-t", "job_type", metavar="TYPE", help="only jobs of this type")
+@click.option("--limit", "-n", type=click.IntRange(min=1), default=50, show_default=True)
+@json_option
+def jobs(status: str | None, job_type: str | None, limit: int, as_json: bool) -> None:
+    """List this queue's jobs, newest first.
+
+    \b
+    Example: kyu-trio jobs --status failed --type send_email --limit 20
+    """
+    queue = settings().queue_obj()
+
+    async def body() -> list[Job]:
+        async with queue:
+            return await queue.list_jobs(status=status, job_type=job_type, limit=limit)
+
+    found = run(body)
+    if as_json:
+        echo_json([job_dict(j) for j in found])
+    elif found:
+        click.echo(jobs_table(found))
+    else:
+        click.echo("no jobs")
+
+
+@cli.command()
+@connection_options
+@click.option("--limit", "-n", type=click.IntRange(min=1), default=50, show_default=True)
+@json_option
+def dead(limit: int, as_json: bool) -> None:
+    """List this queue's dead jobs (no retries left), newest first.
+
+    \b
+    Example: kyu-trio dead --limit 10
+    """
+    queue = settings().queue_obj()
+
+    async def body() -> list[Job]:
+        async with queue:
+            return await queue.dead_jobs(limit)
+
+    found = run(body)
+    if as_json:
+        echo_json([job_dict(j) for j in found])
+    elif found:
+        click.echo(jobs_table(found))
+    else:
+        click.echo("no dead jobs")
+
+
+@cli.command()
+@connection_options
+@click.argument("job_id", metavar="ID")
+def cancel(job_id: str) -> None:
+    """Cancel a job that has not started (pending, scheduled or failed awaiting a retry).
+
+    \b
+    Example: kyu-trio cancel 0b5c...
+    """
+    queue = settings().queue_obj()
+
+    async def body() -> tuple[bool, Job | None]:
+        async with queue:
+            if await queue.cancel_job(job_id):
+                return True, None
+            return False, await queue.inspect(job_id)
+
+    cancelled, job = run(body)
+    if not cancelled:
+        assert job is not None
+        raise CliError(
+            f"job {job.id} is {job.status.value}: only pending, scheduled and failed jobs "
+            "can be cancelled"
+        )
+    click.echo(f"cancelled {job_id}")
+
+
+@cli.command()
+@connection_options
+@click.argument("job_id", metavar="ID", required=False)
+@click.option("--all-dead", is_flag=True, help="retry every dead job of this queue")
+def retry(job_id: str | None, all_dead: bool) -> None:
+    """Give a dead or failed job a fresh start (pending now, retry count reset), or every
+    dead job of the queue with --all-dead.
+
+    \b
+    Example: kyu-trio retry 0b5c...      kyu-trio retry --all-dead
+    """
+    if (job_id is None) == (not all_dead):
+        raise CliError("give a job ID or --all-dead (one of them)", EXIT_USAGE)
+    queue = settings().queue_obj()
+
+    if all_dead:
+        async def retry_all() -> int:
+            async with queue:
+                return await queue.retry_dead_jobs()
+
+        n = run(retry_all)
+        click.echo(f"retried {n} dead job{'s' if n != 1 else ''}")
+        return
+    assert job_id is not None
+
+    async def retry_one() -> tuple[bool, Job | None]:
+        async with queue:
+            if await queue.retry_job(job_id):
+                return True, None
+            return False, await queue.inspect(job_id)
+
+    retried, job = run(retry_one)
+    if not retried:
+        assert job is not None
+        raise CliError(
+            f"job {job.id} is {job.status.value}: only dead and failed jobs can be retried"
+        )
+    click.echo(f"retried {job_id}")
+
+
+@cli.command()
+@connection_options
+@click.option("--watch", is_flag=True, help="refresh until Ctrl-C")
+@click.option("--interval", type=click.FloatRange(min=0.05), default=2.0, show_default=True,
+              metavar="SECONDS", help="seconds between refreshes with --watch")
+@click.option("--count", type=click.IntRange(min=1), metavar="N",
+              help="with --watch: stop after N refreshes")
+@json_option
+def stats(watch: bool, interval: float, count: int | None, as_json: bool) -> None:
+    """Counts by status, queue depth, lag and throughput of the last minute.
+
+    With --watch a live table refreshes every --interval seconds until Ctrl-C (with --json:
+    one JSON object per line).
+
+    \b
+    Example: kyu-trio stats --watch --interval 1
+    """
+    queue = settings().queue_obj()
+    if not watch:
+
+        async def once() -> Stats:
+            async with queue:
+                return await queue.stats()
+
+        snapshot = run(once)
+        click.echo(json.dumps(stats_dict(snapshot)) if as_json else stats_text(snapshot))
+        return
+    try:
+        run(lambda: _watch_stats(queue, interval, count, as_json))
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how --watch ends
+
+
+async def _watch_stats(queue: Queue, interval: float, count: int | None, as_json: bool) -> None:
+    from rich.console import Console
+    from rich.live import Live
+
+    console = Console()
+    use_live = console.is_terminal and not as_json
+    async with queue:
+        if not use_live:
+            shown = 0
+            while count is None or shown < count:
+                if shown:
+                    await trio.sleep(interval)
+                snapshot = await queue.stats()
+                text = json.dumps(stats_dict(snapshot)) if as_json else stats_text(snapshot)
+                click.echo(text if as_json else text + "\n")
+                sys.stdout.flush()
+                shown += 1
+            return
+        snapshot = await queue.stats()
+        with Live(_stats_table(snapshot, interval), console=console, auto_refresh=False,
+                  transient=False) as live:
+            shown = 1
+            while count is None or shown < count:
+                await trio.sleep(interval)
+                snapshot = await queue.stats()
+                live.update(_stats_table(snapshot, interval), refresh=True)
+                shown += 1
+
+
+def _stats_table(snapshot: Stats, interval: float) -> Any:
+    from rich.table import Table
+
+    tbl = Table(title=f"kyu-trio · {snapshot.queue}",
+                caption=f"{datetime.now().strftime('%H:%M:%S')} · every {interval:g}s · "
+                        "Ctrl-C to stop")
+    tbl.add_column("status")
+    tbl.add_column("jobs", justify="right")
+    styles = {JobStatus.DEAD: "red", JobStatus.FAILED: "yellow", JobStatus.RUNNING: "cyan",
+              JobStatus.COMPLETED: "green"}
+    for status in JobStatus:
+        tbl.add_row(status.value, str(snapshot.counts.get(status, 0)),
+                    style=styles.get(status))
+    tbl.add_section()
+    tbl.add_row("depth (Redis)", str(snapshot.depth))
+    tbl.add_row("lag", f"{snapshot.lag_seconds:.1f}s")
+    tbl.add_row("completed/min", str(snapshot.completed_last_minute))
+    return tbl
+
+
+@cli.command("run-once")
+@connection_options
+@click.argument("app")
+@click.option("--workers", "-w", type=click.IntRange(min=1), help="jobs run at once")
+def run_once(app: str, workers: int | None) -> None:
+    """Process what is ready now for APP (module.path:queue), then exit, with a progress
+    bar and a summary of the counts by status before and after.
+
+    \b
+    Example: kyu-trio run-once app.tasks:queue
+    """
+    queue = _configure(load_queue(app), workers=workers)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    started = time.monotonic()
+    before, after, runs = run(lambda: _run_once(queue))
+    click.echo(summary_line(before, after, runs, time.monotonic() - started))
+
+
+_OUTCOMES = ("completed", "failed", "dead", "requeued")
+
+
+def _runs_so_far(queue: Queue) -> dict[str, int]:
+    registry = queue.metrics.registry
+    return {
+        outcome: int(registry.get_sample_value("kyu_jobs_processed_total",
+                                               {"status": outcome}) or 0)
+        for outcome in _OUTCOMES
+    }
+
+
+async def _run_once(queue: Queue) -> tuple[Stats, Stats, dict[str, int]]:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    start_runs = _runs_so_far(queue)
+
+    def runs() -> dict[str, int]:
+        now = _runs_so_far(queue)
+        return {k: now[k] - start_runs[k] for k in _OUTCOMES}
+
+    async with queue:
+        before = await queue.stats()
+        progress = Progress(
+            TextColumn("run-once"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.description}"), console=Console(stderr=True), transient=True,
+        )
+        with progress:
+            task = progress.add_task("", total=before.counts[JobStatus.PENDING] or None)
+            async with trio.open_nursery() as nursery:
+                done = trio.Event()
+
+                async def drain() -> None:
+                    try:
+                        await queue.run_once()
+                    finally:
+                        done.set()
+
+                nursery.start_soon(drain)
+                while not done.is_set():
+                    with trio.move_on_after(0.2):
+                        await done.wait()
+                    now = await queue.stats()
+                    finished = sum(runs().values())
+                    left = now.counts[JobStatus.PENDING] + now.counts[JobStatus.RUNNING]
+                    progress.update(task, completed=finished, total=finished + left,
+                                    description=_counts_text(runs()))
+        after = await queue.stats()
+    return before, after, runs()
+
+
+def _counts_text(runs: dict[str, int]) -> str:
+    return ", ".join(f"{n} {k}" for k, n in runs.items() if n) or "waiting for jobs"
+
+
+def summary_line(before: Stats, after: Stats, runs: dict[str, int], seconds: float) -> str:
+    total = sum(runs.values())
+    changes = []
+    for status in JobStatus:
+        a, b = before.counts.get(status, 0), after.counts.get(status, 0)
+        if a or b:
+            changes.append(f"{status.value} {a}→{b}" if a != b else f"{status.value} {a}")
+    runs_text = f" ({_counts_text(runs)})" if total else ""
+    return (f"run-once: {total} run{'s' if total != 1 else ''}{runs_text} in {seconds:.1f}s; "
+            f"{', '.join(changes) or 'no jobs'}")
+
+
+@cli.command()
+@connection_options
+def migrate() -> None:
+    """Create or upgrade the database schema and print its version.
+
+    \b
+    Example: kyu-trio migrate
+    """
+    config = settings().config()
+    queue = Queue(config)
+    before = _schema_version(config.dsn, missing_ok=True)
+
+    async def body() -> None:
+        async with queue:  # connect() applies the migrations
+            pass
+
+    run(body)
+    after = _schema_version(config.dsn)
+    if after == before:
+        click.echo(f"schema is up to date: version {after}")
+    else:
+        click.echo(f"schema migrated from version {before} to {after}")
+
+
+def _schema_version(dsn: str, missing_ok: bool = False) -> int:
+    import psycopg
+
+    from ._dsn import mask_password, postgres_address
+
+    try:
+        with psycopg.connect(dsn, connect_timeout=5) as conn:
+            row = conn.execute(
+                "SELECT to_regclass('kyu_schema_version') IS NOT NULL").fetchone()
+            if not row or not row[0]:
+                return 0
+            row = conn.execute(
+                "SELECT coalesce(max(version), 0) FROM kyu_schema_version").fetchone()
+            return int(row[0]) if row else 0
+    except psycopg.Error as exc:
+        if missing_ok:
+            return 0  # connect() will say what is wrong, in its own words
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CliError(f"PostgreSQL at {postgres_address(dsn)}: {mask_password(first)}") from None
+
+
+@cli.command()
+@connection_options
+@click.option("--completed-older-than", "older_than", type=DurationType(), required=True,
+              help="age of the last update, e.g. 30s, 15m, 12h, 7d")
+@click.option("--include-dead", is_flag=True, help="delete old dead jobs too")
+def purge(older_than: timedelta, include_dead: bool) -> None:
+    """Delete this queue's completed and cancelled jobs (and dead ones with --include-dead)
+    last updated longer ago than the given age; print how many.
+
+    \b
+    Example: kyu-trio purge --completed-older-than 7d
+    """
+    statuses = [JobStatus.COMPLETED, JobStatus.CANCELLED]
+    if include_dead:
+        statuses.append(JobStatus.DEAD)
+    queue = settings().queue_obj()
+
+    async def body() -> int:
+        async with queue:
+            return await queue.purge(older_than, statuses)
+
+    n = run(body)
+    kinds = "/".join(s.value for s in statuses)
+    click.echo(f"deleted {n} {kinds} job{'s' if n != 1 else ''} older than "
+               f"{_format_age(older_than)}")
+
+
+def _format_age(age: timedelta) -> str:
+    seconds = age.total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+@cli.command(context_settings={"ignore_unknown_options": True,
+                               "allow_interspersed_args": False})
+@click.option("--pg-port", type=click.IntRange(1, 65535), help="[default: a free port]")
+@click.option("--redis-port", type=click.IntRange(1, 65535), help="[default: a free port]")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def dev(pg_port: int | None, redis_port: int | None, command: tuple[str, ...]) -> None:
+    """Start throwaway PostgreSQL and Redis servers from the binaries on this machine.
+
+    Without COMMAND: print their `export KYU_DSN=... KYU_REDIS_URL=...` line and keep them
+    up until Ctrl-C. With `-- COMMAND ...`: run COMMAND with those variables set, tear
+    the servers down and exit with COMMAND's exit status. Either way their data is
+    deleted at the end.
+
+    \b
+    Example: kyu-trio dev -- python examples/quickstart.py
+    """
+    from ._dev import DevServers
+
+    servers = DevServers(pg_port=pg_port, redis_port=redis_port)
+    with _terminate_as_interrupt():
+        try:
+            servers.start()
+        except KyuError as exc:
+            raise CliError(_one_line(str(exc))) from None
+        except KeyboardInterrupt:
+            servers.stop()
+            raise CliError("interrupted while starting the servers", 130) from None
+        try:
+            info = (f"# kyu-trio dev: PostgreSQL {servers.pg_version} on 127.0.0.1:"
+                    f"{servers.pg_port}, Redis {servers.redis_version} on 127.0.0.1:"
+                    f"{servers.redis_port}; data in {servers.data_dir}")
+            export = f"export KYU_DSN={servers.dsn} KYU_REDIS_URL={servers.redis_url}"
+            if command:
+                click.echo(info, err=True)
+                click.echo(export, err=True)
+                code = _run_command(list(command), {**os.environ, **servers.env})
+            else:
+                click.echo(info)
+                click.echo(export)
+                click.echo("# Ctrl-C stops both servers and deletes their data.")
+                sys.stdout.flush()
+                code = _wait_for_interrupt(servers)
+        finally:
+            try:
+                servers.stop()
+            except KyuError as exc:
+                raise CliError(_one_line(str(exc))) from None
+    if not command:
+        click.echo("# kyu-trio dev: servers stopped, data deleted", err=True)
+    sys.exit(code)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C so that teardown runs."""
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    def handler(_signum: int, _frame: object) -> None:
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _wait_for_interrupt(servers: Any) -> int:
+    try:
+        while True:
+            time.sleep(0.5)
+            if not servers.running():
+                click.echo("error: a dev server exited on its own; stopping", err=True)
+                return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 0
+
+
+def _run_command(argv: list[str], env: dict[str, str]) -> int:
+    try:
+        proc = subprocess.Popen(argv, env=env)
+    except OSError as exc:
+        click.echo(f"error: cannot run {argv[0]!r}: {exc.strerror or exc}", err=True)
+        return 127 if isinstance(exc, FileNotFoundError) else 126
+    while True:
+        try:
+            code = proc.wait()
+            break
+        except _Terminated:
+            proc.terminate()  # pass SIGTERM on, then wait for it to finish
+        except KeyboardInterrupt:
+            pass  # Ctrl-C reached the command too (same process group): let it finish
+    return 128 - code if code < 0 else code
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``kyu-trio`` console script."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="kyu-trio")
+
+
+__all__ = ["cli", "main", "parse_duration"]
