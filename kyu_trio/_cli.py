@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any, TypeVar
 
@@ -47,14 +47,22 @@ EXIT_USAGE = 2
 
 
 class CliError(click.ClickException):
-    """Shown as the single line ``error: <message>`` on stderr."""
-
-    def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+    """Shown as the single line ``error: <message>`` on stderr; exit status 1."""
 
     def show(self, file: IO[Any] | None = None) -> None:
         click.echo(f"error: {self.format_message()}", err=True)
+
+
+class CliUsageError(CliError):
+    """A usage error, or a module path that cannot be imported; exit status 2."""
+
+    exit_code = EXIT_USAGE
+
+
+class CliInterrupted(CliError):
+    """Ctrl-C where it is not the normal way to stop; exit status 130."""
+
+    exit_code = 130
 
 
 def _one_line(text: str) -> str:
@@ -82,7 +90,7 @@ class _Group(click.Group):
 
 def _usage(exc: click.UsageError) -> CliError:
     path = exc.ctx.command_path if exc.ctx is not None else "kyu-trio"
-    return CliError(f"{_one_line(exc.format_message())} (see '{path} --help')", EXIT_USAGE)
+    return CliUsageError(f"{_one_line(exc.format_message())} (see '{path} --help')")
 
 
 def run(fn: Callable[[], Awaitable[T]]) -> T:
@@ -236,36 +244,28 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-class DurationType(click.ParamType):
-    name = "DURATION"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> timedelta:
-        if isinstance(value, timedelta):
-            return value
-        try:
-            return parse_duration(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
+def _duration_option(_ctx: click.Context, _param: click.Parameter, value: str | None
+                     ) -> timedelta | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
-class WhenType(click.ParamType):
+def _when_option(_ctx: click.Context, _param: click.Parameter, value: str | None
+                 ) -> datetime | None:
     """An ISO 8601 date-time; without an offset it is local time."""
-
-    name = "ISO"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> datetime:
-        if isinstance(value, datetime):
-            return value
-        try:
-            when = datetime.fromisoformat(str(value))
-        except ValueError:
-            self.fail(f"{value!r} is not an ISO 8601 date-time (e.g. 2030-01-31T09:00:00Z)",
-                      param, ctx)
-        return when if when.tzinfo is not None else when.astimezone()
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not an ISO 8601 date-time (e.g. 2030-01-31T09:00:00Z)"
+        ) from None
+    return when if when.tzinfo is not None else when.astimezone()
 
 
 # ---- loading the user's Queue -----------------------------------------------------------
@@ -279,38 +279,40 @@ def load_queue(spec: str) -> Queue:
     if not module_name or not re.fullmatch(r"[\w.]+", module_name) or not re.fullmatch(
         r"[\w.]+", attr
     ):
-        raise CliError(
+        raise CliUsageError(
             f"invalid module path {spec!r}: expected package.module:attribute "
-            "(e.g. app.tasks:queue)", EXIT_USAGE,
-        )
+            "(e.g. app.tasks:queue)")
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
     try:
         obj: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name is not None and (module_name == exc.name
-                                     or module_name.startswith(exc.name + ".")):
-            raise CliError(
-                f"cannot import {module_name!r} (from {spec!r}): no module named {exc.name!r} "
-                f"in {cwd} or on sys.path", EXIT_USAGE,
-            ) from None
-        raise CliError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}",
-                       EXIT_USAGE) from None
-    except Exception as exc:
-        raise CliError(
-            f"importing {module_name!r} failed: {type(exc).__name__}: {_one_line(str(exc))}",
-            EXIT_USAGE,
+        if exc.name is None or not (module_name == exc.name
+                                    or module_name.startswith(exc.name + ".")):
+            raise _import_failed(module_name, exc) from None
+        raise CliUsageError(
+            f"cannot import {module_name!r} (from {spec!r}): no module named {exc.name!r} "
+            f"in {cwd} or on sys.path"
         ) from None
+    except Exception as exc:
+        # The module was found; its own code raised (exit status 1, not a usage error).
+        raise _import_failed(module_name, exc) from None
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise CliError(f"module {module_name!r} has no attribute {attr!r}",
-                           EXIT_USAGE) from None
+            raise CliUsageError(f"module {module_name!r} has no attribute {attr!r}") from None
     if not isinstance(obj, Queue):
-        raise CliError(f"{spec!r} is a {type(obj).__name__}, not a kyu_trio.Queue", EXIT_USAGE)
+        raise CliUsageError(f"{spec!r} is a {type(obj).__name__}, not a kyu_trio.Queue")
     return obj
+
+
+def _import_failed(module_name: str, exc: Exception) -> CliError:
+    detail = _one_line(str(exc))
+    if isinstance(exc, KyuError):
+        return CliError(f"importing {module_name!r}: {detail}")
+    return CliError(f"importing {module_name!r} failed: {type(exc).__name__}: {detail}")
 
 
 def _configure(queue: Queue, **extra: Any) -> Queue:
@@ -369,7 +371,7 @@ def worker(app: str, workers: int | None) -> None:
               help="-32768..32767, higher runs first")
 @click.option("--delay", type=click.FloatRange(min=0), metavar="SECONDS",
               help="run no earlier than SECONDS from now")
-@click.option("--at", "at", type=WhenType(),
+@click.option("--at", "at", metavar="ISO", callback=_when_option,
               help="run no earlier than this ISO 8601 time (local time without an offset)")
 @click.option("--max-retries", type=int, default=3, show_default=True,
               help="retries after a failure (N+1 runs in all)")
@@ -385,9 +387,9 @@ def enqueue(
     Example: kyu-trio enqueue send_email '{"to": "a@b.c"}' --priority 5 --delay 60
     """
     if delay is not None and at is not None:
-        raise CliError("use --delay or --at, not both", EXIT_USAGE)
+        raise CliUsageError("use --delay or --at, not both")
     if payload == "-":
-        payload = click.get_text_stream("stdin").read()
+        payload = sys.stdin.read()
     when = at
     if delay is not None:
         when = datetime.now(UTC) + timedelta(seconds=delay)
@@ -526,7 +528,7 @@ def retry(job_id: str | None, all_dead: bool) -> None:
     Example: kyu-trio retry 0b5c...      kyu-trio retry --all-dead
     """
     if (job_id is None) == (not all_dead):
-        raise CliError("give a job ID or --all-dead (one of them)", EXIT_USAGE)
+        raise CliUsageError("give a job ID or --all-dead (one of them)")
     queue = settings().queue_obj()
 
     if all_dead:
@@ -581,10 +583,8 @@ def stats(watch: bool, interval: float, count: int | None, as_json: bool) -> Non
         snapshot = run(once)
         click.echo(json.dumps(stats_dict(snapshot)) if as_json else stats_text(snapshot))
         return
-    try:
+    with suppress(KeyboardInterrupt):  # Ctrl-C is how --watch ends
         run(lambda: _watch_stats(queue, interval, count, as_json))
-    except KeyboardInterrupt:
-        pass  # Ctrl-C is how --watch ends
 
 
 async def _watch_stats(queue: Queue, interval: float, count: int | None, as_json: bool) -> None:
@@ -679,9 +679,11 @@ async def _run_once(queue: Queue) -> tuple[Stats, Stats, dict[str, int]]:
 
     async with queue:
         before = await queue.stats()
+        console = Console(stderr=True)
         progress = Progress(
             TextColumn("run-once"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.description}"), console=Console(stderr=True), transient=True,
+            TextColumn("{task.description}"), console=console, transient=True,
+            disable=not console.is_terminal,  # no bar (nor blank line) in logs and pipes
         )
         with progress:
             task = progress.add_task("", total=before.counts[JobStatus.PENDING] or None)
@@ -770,7 +772,8 @@ def _schema_version(dsn: str, missing_ok: bool = False) -> int:
 
 @cli.command()
 @connection_options
-@click.option("--completed-older-than", "older_than", type=DurationType(), required=True,
+@click.option("--completed-older-than", "older_than", metavar="DURATION", required=True,
+              callback=_duration_option,
               help="age of the last update, e.g. 30s, 15m, 12h, 7d")
 @click.option("--include-dead", is_flag=True, help="delete old dead jobs too")
 def purge(older_than: timedelta, include_dead: bool) -> None:
@@ -829,7 +832,7 @@ def dev(pg_port: int | None, redis_port: int | None, command: tuple[str, ...]) -
             raise CliError(_one_line(str(exc))) from None
         except KeyboardInterrupt:
             servers.stop()
-            raise CliError("interrupted while starting the servers", 130) from None
+            raise CliInterrupted("interrupted while starting the servers") from None
         try:
             info = (f"# kyu-trio dev: PostgreSQL {servers.pg_version} on 127.0.0.1:"
                     f"{servers.pg_port}, Redis {servers.redis_version} on 127.0.0.1:"
@@ -852,7 +855,7 @@ def dev(pg_port: int | None, redis_port: int | None, command: tuple[str, ...]) -
                 raise CliError(_one_line(str(exc))) from None
     if not command:
         click.echo("# kyu-trio dev: servers stopped, data deleted", err=True)
-    sys.exit(code)
+    click.get_current_context().exit(code)
 
 
 class _Terminated(KeyboardInterrupt):

@@ -219,11 +219,13 @@ class WorkerPool:
             now = self._clock.now()
             for job in claimed:
                 self._metrics.started(job.job_type, (now - job.scheduled_at).total_seconds())
-        for job in claimed:
-            self._log.debug(
-                "job claimed", extra={"job_id": job.id, "job_type": job.job_type,
-                                      "attempt": job.attempt, "kyu_event": "claimed"},
-            )
+        if self._log.isEnabledFor(logging.DEBUG):
+            for job in claimed:
+                self._log.debug(
+                    "job %s claimed (type=%s attempt=%d)", job.id, job.job_type, job.attempt,
+                    extra={"job_id": job.id, "job_type": job.job_type, "attempt": job.attempt,
+                           "kyu_event": "claimed"},
+                )
         return claimed
 
     async def _worker(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import signal
@@ -275,6 +276,14 @@ class Queue:
             return []
         ready = await store.insert_jobs(new_jobs, now)
         self.metrics.jobs_total.inc(len(new_jobs))
+        log = self.config.logger
+        if log.isEnabledFor(logging.DEBUG):
+            for job in new_jobs:
+                log.debug(
+                    "job %s enqueued as %s (type=%s)", job.id, job.status.value, job.job_type,
+                    extra={"job_id": job.id, "job_type": job.job_type, "attempt": 0,
+                           "kyu_event": "enqueued"},
+                )
         # The rows are committed and will run even if the push fails (the reaper's sweep
         # pushes them once Redis is back): raising would invite a duplicate enqueue.
         await self._push_quietly(broker, self.config.queue_name, ready)
