@@ -76,9 +76,12 @@ class _Group(click.Group):
         self, info_name: str | None, args: list[str], parent: click.Context | None = None,
         **extra: Any,
     ) -> click.Context:
+        bare = not args
         try:
             return super().make_context(info_name, args, parent, **extra)
         except click.UsageError as exc:
+            if bare and self.no_args_is_help:
+                raise  # `kyu-trio` alone: click prints the help (exit status 2)
             raise _usage(exc) from None
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -332,7 +335,7 @@ def _configure(queue: Queue, **extra: Any) -> Queue:
 # ---- the commands ---------------------------------------------------------------------
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group("kyu-trio", cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @connection_options
 @click.version_option(__version__, prog_name="kyu-trio")
 def cli() -> None:
@@ -620,8 +623,7 @@ def _stats_table(snapshot: Stats, interval: float) -> Any:
     from rich.table import Table
 
     tbl = Table(title=f"kyu-trio · {snapshot.queue}",
-                caption=f"{datetime.now().strftime('%H:%M:%S')} · every {interval:g}s · "
-                        "Ctrl-C to stop")
+                caption=f"{datetime.now().strftime('%H:%M:%S')}, every {interval:g}s")
     tbl.add_column("status")
     tbl.add_column("jobs", justify="right")
     styles = {JobStatus.DEAD: "red", JobStatus.FAILED: "yellow", JobStatus.RUNNING: "cyan",

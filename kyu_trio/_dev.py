@@ -221,7 +221,8 @@ class DevServers:
             )
         version = subprocess.run([str(pg_bin / "postgres"), "--version"], capture_output=True,
                                  text=True, check=False)
-        self.pg_version = version.stdout.strip().rsplit(" ", 1)[-1]
+        found = re.search(r"\)\s*(\d[\w.]*)", version.stdout)
+        self.pg_version = found.group(1) if found else version.stdout.strip()
 
     def _read_postmaster_pid(self) -> int | None:
         try:

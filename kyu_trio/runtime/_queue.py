@@ -81,7 +81,7 @@ class Queue:
         broker: Broker | None = None,
         clock: Clock | None = None,
     ) -> None:
-        self.config = config if config is not None else Config()
+        self._config = config if config is not None else Config()
         self._given_store = store
         self._given_broker = broker
         self._clock: Clock = clock if clock is not None else SystemClock()
@@ -94,12 +94,26 @@ class Queue:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._scheduler: Scheduler | None = None
         self._reaper: Reaper | None = None
-        #: This queue's Prometheus metrics (``metrics.registry`` is private to it).
-        self.metrics = Metrics(
-            self.config.queue_name, __version__, lambda: set(self._registry.handlers)
-        )
+        self.metrics = self._new_metrics()
         #: The port the metrics server listens on while `serve()` runs (None otherwise).
         self.metrics_port: int | None = None
+
+    @property
+    def config(self) -> Config:
+        """The settings. Replace them (e.g. ``attrs.evolve(queue.config, workers=20)``)
+        only while the queue is not connected."""
+        return self._config
+
+    @config.setter
+    def config(self, config: Config) -> None:
+        if self.connected:
+            raise KyuError("close() the queue before changing its config")
+        self._config = config
+        self.metrics = self._new_metrics()
+
+    def _new_metrics(self) -> Metrics:
+        """This queue's Prometheus metrics (``metrics.registry`` is private to it)."""
+        return Metrics(self._config.queue_name, __version__, lambda: set(self._registry.handlers))
 
     def __repr__(self) -> str:
         return f"<Queue {self.config.queue_name!r} workers={self.config.workers}>"

@@ -111,10 +111,16 @@ class PostgresStore:
         self._lease_limiter = trio.CapacityLimiter(self._lease_pool_size)
 
     def _connection_error(self, exc: BaseException) -> KyuConnectionError:
-        reason = mask_password(str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+        text = str(exc).strip()
+        reason = mask_password(text.splitlines()[0] if text else "") or type(exc).__name__
+        # The server answered but said no (no such database, bad password, no such role):
+        # that is a setting to fix, not an outage to wait out.
+        if getattr(exc, "sqlstate", None) or "does not exist" in text or "authentication" in text:
+            return KyuConnectionError(
+                f"PostgreSQL at {self._address} refused the connection: {reason}"
+            )
         return KyuConnectionError(
-            f"PostgreSQL at {self._address} is unreachable or went away: "
-            f"{reason or type(exc).__name__}"
+            f"PostgreSQL at {self._address} is unreachable or went away: {reason}"
         )
 
     async def _run(self, fn: Callable[[psycopg.Connection[Any]], T], *, lease: bool = False) -> T:

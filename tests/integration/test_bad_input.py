@@ -166,3 +166,24 @@ async def test_scheduled_at_in_other_timezone_is_respected(real_queue: Queue) ->
     when = datetime.now(tz) + timedelta(hours=1)
     job_id = await real_queue.enqueue("t", "", scheduled_at=when)
     assert (await real_queue.inspect(job_id)).scheduled_at == when
+
+
+async def test_missing_database_is_refused_not_unreachable(pg_dsn: str, redis_url: str) -> None:
+    import psycopg
+
+    params = psycopg.conninfo.conninfo_to_dict(pg_dsn)
+    params["dbname"] = "kyu_no_such_database"
+    queue = Queue(Config(dsn=psycopg.conninfo.make_conninfo(**params), redis_url=redis_url))
+    with pytest.raises(KyuConnectionError, match=r"refused the connection.*does not exist"):
+        await queue.connect()
+
+
+def test_config_can_change_only_while_disconnected() -> None:
+    import attrs
+
+    queue = Queue(Config(queue_name="before"))
+    queue.config = attrs.evolve(queue.config, queue_name="after")
+    assert (
+        queue.metrics.registry.get_sample_value("kyu_info", {"version": "0.1.0", "queue": "after"})
+        == 1
+    )
