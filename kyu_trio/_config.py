@@ -124,8 +124,8 @@ class Config:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
-        """Build a Config from ``KYU_DSN``, ``KYU_REDIS_URL``, ``KYU_WORKERS``, ``KYU_QUEUE``
-        and ``KYU_METRICS_PORT``; unset variables keep their defaults.
+        """Build a Config from ``KYU_DSN``, ``KYU_REDIS_URL``, ``KYU_WORKERS``, ``KYU_QUEUE``,
+        ``KYU_METRICS_PORT`` and ``KYU_METRICS_HOST``; unset variables keep their defaults.
 
         Example::
 
@@ -139,6 +139,7 @@ class Config:
             ("KYU_WORKERS", "workers", int),
             ("KYU_QUEUE", "queue_name", str),
             ("KYU_METRICS_PORT", "metrics_port", int),
+            ("KYU_METRICS_HOST", "metrics_host", str),
         ):
             raw = env.get(var)
             if raw is None or raw == "":

@@ -4,7 +4,10 @@
 #     pyproject.toml changed since the last install;
 #   - a local PostgreSQL on 127.0.0.1:5432 with database `test`, reachable as
 #     postgresql://postgres@127.0.0.1:5432/test (installed with apt if absent);
-#   - a local Redis on 127.0.0.1:6379 (installed with apt if absent).
+#   - a local Redis on 127.0.0.1:6379 (installed with apt if absent);
+#   - the `prometheus` binary (Debian's package, installed with apt if absent; not
+#     started: tests/integration/test_dashboard.py runs its own on a free port). If it
+#     cannot be installed, setup only warns and that test is skipped.
 #
 # Servers given by the environment are left alone and only checked:
 #   KYU_DSN / KYU_TEST_PG_ADMIN       -> no local PostgreSQL is installed or started
@@ -226,5 +229,42 @@ if [[ -n "${KYU_REDIS_URL:-}" || -n "${KYU_TEST_REDIS_URL:-}" ]]; then
 else
     setup_local_redis
 fi
+
+# ---- Prometheus (binary only, for the dashboard test) -------------------------------
+
+prometheus_bin() {
+    command -v prometheus 2>/dev/null || { [[ -x /usr/bin/prometheus ]] && echo /usr/bin/prometheus; }
+}
+
+warn_no_prometheus() {
+    say "prometheus: WARNING: could not install Debian's prometheus package ($1);" \
+        "tests/integration/test_dashboard.py will be skipped"
+}
+
+setup_prometheus() {
+    local bin
+    if bin="$(prometheus_bin)"; then
+        say "prometheus: $bin is installed"
+        return 0
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        warn_no_prometheus "no apt-get"
+        return 0
+    fi
+    if [[ $EUID -ne 0 ]] && ! command -v sudo >/dev/null 2>&1; then
+        warn_no_prometheus "needs root or sudo"
+        return 0
+    fi
+    say "prometheus: not installed; apt-get install --no-install-recommends prometheus"
+    # In a subshell so that a failure (no mirror, no sudo password...) only warns.
+    if ( apt_install --no-install-recommends prometheus ) && bin="$(prometheus_bin)"; then
+        say "prometheus: installed $bin (the test starts its own server; the package's" \
+            "service, if your init system started it, listens on :9090)"
+    else
+        warn_no_prometheus "apt-get failed"
+    fi
+}
+
+setup_prometheus
 
 say "done"

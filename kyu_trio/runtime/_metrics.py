@@ -24,18 +24,20 @@ from .._job import JobStatus
 from .._ports import Broker, Store
 
 UNKNOWN = "unknown"
+#: A sample that takes longer than this counts as the servers being down.
+SAMPLE_LIMIT = 10.0
 
 _DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 _WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 
 
 class Metrics:
-    """Every metric kyu-trio exports. ``known_types`` bounds the ``job_type`` label:
-    anything else is reported as ``unknown``."""
+    """Every metric kyu-trio exports. ``is_known`` bounds the ``job_type`` label: types
+    without a registered handler are reported as ``unknown``."""
 
-    def __init__(self, queue: str, version: str, known_types: Callable[[], set[str]]) -> None:
+    def __init__(self, queue: str, version: str, is_known: Callable[[str], bool]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._known_types = known_types
+        self._is_known = is_known
         self._wait_children: dict[str, Any] = {}
         self._finished_children: dict[tuple[str, str], list[Any]] = {}
         r = self.registry
@@ -82,22 +84,22 @@ class Metrics:
         self._finished_children.clear()
 
     def job_type(self, job_type: str) -> str:
-        return job_type if job_type in self._known_types() else UNKNOWN
+        return job_type if self._is_known(job_type) else UNKNOWN
 
     def started(self, job_type: str, wait: float) -> None:
-        child = self._wait_children.get(job_type)
+        label = self.job_type(job_type)
+        child = self._wait_children.get(label)
         if child is None:
-            child = self.wait.labels(job_type=self.job_type(job_type))
-            self._wait_children[job_type] = child
+            child = self._wait_children[label] = self.wait.labels(job_type=label)
         child.observe(max(wait, 0.0))
 
     def finished(self, job_type: str, status: str, duration: float) -> None:
         """``status``: completed, failed (retry scheduled), dead or requeued."""
-        # labels() takes a lock and builds a key on every call: on the job path we look
-        # each (job type, status) up once and keep the children.
-        children = self._finished_children.get((job_type, status))
+        # labels() takes a lock and builds a key on every call: on the job path each
+        # (label, status) is looked up once and its children kept (a bounded set).
+        label = self.job_type(job_type)
+        children = self._finished_children.get((label, status))
         if children is None:
-            label = self.job_type(job_type)
             children = [self.processed.labels(status=status),
                         self.duration.labels(job_type=label, status=status)]
             if status in ("failed", "dead"):
@@ -106,11 +108,17 @@ class Metrics:
                 children.append(self.retries.labels(job_type=label))
             if status == "dead":
                 children.append(self.dead)
-            self._finished_children[(job_type, status)] = children
+            self._finished_children[(label, status)] = children
         children[1].observe(duration)
         for i, child in enumerate(children):
             if i != 1:
                 child.inc()
+
+    def lost(self, dead: int) -> None:
+        """Jobs the reaper declared dead (their worker was lost on their last try)."""
+        if dead:
+            self.processed.labels(status="dead").inc(dead)
+            self.dead.inc(dead)
 
 
 class Sampler:
@@ -131,10 +139,11 @@ class Sampler:
     async def sample(self) -> None:
         m = self._metrics
         try:
-            depth = await self._broker.size(self._queue)
-            now = self._clock.now()
-            stats = await self._store.queue_stats(self._queue, now)
-        except KyuConnectionError:
+            with trio.fail_after(SAMPLE_LIMIT):
+                depth = await self._broker.size(self._queue)
+                now = self._clock.now()
+                stats = await self._store.queue_stats(self._queue, now)
+        except (KyuConnectionError, trio.TooSlowError):
             m.up.set(0)
             return
         m.up.set(1)

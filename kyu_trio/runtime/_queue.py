@@ -113,7 +113,7 @@ class Queue:
 
     def _new_metrics(self) -> Metrics:
         """This queue's Prometheus metrics (``metrics.registry`` is private to it)."""
-        return Metrics(self._config.queue_name, __version__, lambda: set(self._registry.handlers))
+        return Metrics(self._config.queue_name, __version__, self._registry.handlers.__contains__)
 
     def __repr__(self) -> str:
         return f"<Queue {self.config.queue_name!r} workers={self.config.workers}>"

@@ -41,7 +41,7 @@ class Reaper:
         """One pass: rescue stale running jobs, then check a slice of pending jobs against
         the broker. Returns how many jobs were rescued (requeued or dead)."""
         now = self._clock.now()
-        rescued = 0
+        rescued, dead_before = 0, self.dead
         while True:
             rescue = await self._store.rescue_stale(
                 self._queue, now, now - self._stale_after, BATCH
@@ -61,6 +61,7 @@ class Reaper:
         self.rescued += rescued
         if self._metrics is not None and rescued:
             self._metrics.rescued.inc(rescued)
+            self._metrics.lost(self.dead - dead_before)
         await self._sweep()
         return rescued
 

@@ -155,6 +155,9 @@ async def test_reaper_marks_dead_when_no_retry_left(autojump_clock: Any, harness
         job = await queue.inspect(job_id)
     assert job.status is JobStatus.DEAD
     assert job.error_message == "worker lost while running (attempt 1)"
+    # Counted as dead like any other dead job, so dashboards do not undercount.
+    assert queue.metrics.registry.get_sample_value("kyu_jobs_dead_total") == 1
+    assert queue.metrics.registry.get_sample_value("kyu_reaper_rescued_total") == 1
 
 
 async def test_reaper_waits_for_the_jobs_own_timeout(autojump_clock: Any, harness: Harness) -> None:

@@ -153,3 +153,18 @@ def test_addresses() -> None:
     assert postgres_address("dbname=x") == "localhost:5432"
     assert redis_address("redis://cache:6380/1") == "cache:6380"
     assert redis_address("redis://localhost") == "localhost:6379"
+
+
+def test_metric_labels_stay_bounded_for_unknown_job_types() -> None:
+    from kyu_trio.runtime._metrics import Metrics
+
+    metrics = Metrics("q", "0", {"known"}.__contains__)
+    for i in range(1000):
+        metrics.finished(f"random-{i}", "dead", 0.01)
+        metrics.started(f"random-{i}", 0.01)
+    metrics.finished("known", "completed", 0.01)
+    assert len(metrics._finished_children) == 2
+    assert len(metrics._wait_children) == 1
+    registry = metrics.registry
+    assert registry.get_sample_value("kyu_job_failures_total", {"job_type": "unknown"}) == 1000
+    assert registry.get_sample_value("kyu_jobs_dead_total") == 1000
