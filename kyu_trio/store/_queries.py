@@ -59,11 +59,14 @@ ORDER BY updated_at DESC
 LIMIT %s
 """
 
+# The queue test is written `(...) IS TRUE` so that it can never become an index
+# condition: with stale statistics the planner would otherwise walk a whole queue through
+# kyu_jobs_created_idx instead of fetching ~50 rows by primary key.
 CLAIM_JOBS = f"""
 UPDATE kyu_jobs
 SET status = 'running', locked_by = %(worker)s, locked_at = %(now)s, heartbeat_at = %(now)s,
     attempt = attempt + 1, updated_at = %(now)s
-WHERE id = ANY(%(ids)s::uuid[]) AND queue = %(queue)s
+WHERE id = ANY(%(ids)s::uuid[]) AND (queue = %(queue)s) IS TRUE
   AND status IN ('pending', 'scheduled', 'failed') AND scheduled_at <= %(now)s
 RETURNING {JOB_COLUMNS}
 """

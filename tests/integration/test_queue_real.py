@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -185,6 +186,7 @@ async def test_concurrent_connects_migrate_once(pg_dsn: str, redis_url: str) -> 
         ("reaper", "rescue", "kyu_jobs_running_idx"),
         ("resync", "pending", "kyu_jobs_pending_idx"),
         ("dead", "dead", "kyu_jobs_dead_idx"),
+        ("claim", "claim", "kyu_jobs_pkey"),
     ],
 )
 async def test_maintenance_queries_use_their_index(
@@ -201,6 +203,15 @@ async def test_maintenance_queries_use_their_index(
         ),
         "pending": (q.PENDING_AFTER, ("q", 0, 100)),
         "dead": (q.DEAD_JOBS, ("q", 100)),
+        "claim": (
+            q.CLAIM_JOBS,
+            {
+                "ids": [str(uuid.uuid4()) for _ in range(50)],
+                "queue": "q",
+                "worker": "w",
+                "now": now,
+            },
+        ),
     }
     text, params = statements[sql]
     with psycopg.connect(pg_dsn) as conn:
