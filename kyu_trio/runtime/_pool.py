@@ -338,15 +338,19 @@ class WorkerPool:
             self._held.pop(outcome.job.id, None)
 
     async def _write(self, by_kind: dict[Kind, list[Outcome]]) -> None:
+        """Write each kind of outcome; a kind leaves ``by_kind`` only once it is written,
+        so a retry after a failed write writes exactly what is still missing."""
         now = self._clock.now()
-        if done := by_kind.pop(Kind.COMPLETE, None):
+        if done := by_kind.get(Kind.COMPLETE):
             await self._store.complete_jobs([o.lease for o in done], self._worker_id, now)
+            del by_kind[Kind.COMPLETE]
             self.stats.completed += len(done)
             for o in done:
                 self._log_outcome(o, "completed", logging.DEBUG)
-        if failed := by_kind.pop(Kind.FAIL, None):
+        if failed := by_kind.get(Kind.FAIL):
             failures = [o.failure for o in failed if o.failure is not None]
             await self._store.fail_jobs(failures, self._worker_id, now)
+            del by_kind[Kind.FAIL]
             for o in failed:
                 assert o.failure is not None
                 if o.failure.status is JobStatus.DEAD:
@@ -355,10 +359,11 @@ class WorkerPool:
                 else:
                     self.stats.failed += 1
                     self._log_outcome(o, "failed", logging.WARNING)
-        if requeue := by_kind.pop(Kind.REQUEUE, None):
+        if requeue := by_kind.get(Kind.REQUEUE):
             ready = await self._store.requeue_jobs(
                 [o.lease for o in requeue], self._worker_id, now
             )
+            del by_kind[Kind.REQUEUE]
             self.stats.requeued += len(requeue)
             for o in requeue:
                 self._log_outcome(o, "requeued", logging.WARNING)

@@ -101,11 +101,21 @@ WHERE j.id = t.id AND j.attempt = t.attempt AND j.status = 'running' AND j.locke
 RETURNING j.id, j.priority, j.seq
 """
 
+# SKIP LOCKED: a heartbeat never waits for a row another statement is writing (that row is
+# being completed, failed or requeued, so it needs no heartbeat), and so it can never be
+# one half of a deadlock with the completer.
 HEARTBEAT = """
+WITH beating AS (
+    SELECT j.id FROM kyu_jobs AS j
+    JOIN unnest(%(ids)s::uuid[], %(attempts)s::int[]) AS t(id, attempt)
+      ON j.id = t.id AND j.attempt = t.attempt
+    WHERE j.status = 'running' AND j.locked_by = %(worker)s
+    FOR UPDATE OF j SKIP LOCKED
+)
 UPDATE kyu_jobs AS j
 SET heartbeat_at = %(now)s
-FROM unnest(%(ids)s::uuid[], %(attempts)s::int[]) AS t(id, attempt)
-WHERE j.id = t.id AND j.attempt = t.attempt AND j.status = 'running' AND j.locked_by = %(worker)s
+FROM beating
+WHERE j.id = beating.id
 """
 
 # The inner SELECT walks kyu_jobs_due_idx; SKIP LOCKED lets two schedulers share the work.
