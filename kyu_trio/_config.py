@@ -53,13 +53,14 @@ def _port(_inst: Any, attr: attrs.Attribute[Any], value: object) -> None:
         raise ConfigError(f"{attr.name} must be a port number 0-65535 (0 disables), got {value!r}")
 
 
-def _seconds(*, allow_zero: bool = False) -> Any:
+def _seconds(*, allow_zero: bool = False, at_most: float = math.inf) -> Any:
     def check(_inst: Any, attr: attrs.Attribute[Any], value: object) -> None:
         ok = (
             not isinstance(value, bool)
             and isinstance(value, int | float)
-            and math.isfinite(value)
             and (value >= 0 if allow_zero else value > 0)
+            and value < math.inf
+            and value <= at_most
         )
         if not ok:
             bound = ">= 0" if allow_zero else "> 0"
@@ -99,7 +100,7 @@ class Config:
     heartbeat_interval: float = attrs.field(default=5.0, validator=_seconds())
     scheduler_interval: float = attrs.field(default=5.0, validator=_seconds())
     reaper_interval: float = attrs.field(default=60.0, validator=_seconds())
-    default_job_timeout: float = attrs.field(default=30.0, validator=_seconds())
+    default_job_timeout: float = attrs.field(default=30.0, validator=_seconds(at_most=366 * 86400))
     max_backoff: float = attrs.field(default=3600.0, validator=_seconds())
     retry_jitter: float = attrs.field(default=0.0, validator=_fraction)
     shutdown_grace: float = attrs.field(default=30.0, validator=_seconds(allow_zero=True))

@@ -139,6 +139,10 @@ class Store(Protocol):
         """PENDING jobs with ``seq > after_seq`` in seq order (for resyncing the broker)."""
         ...
 
+    async def pending_among(self, queue: str, ids: Sequence[str]) -> list[Ready]:
+        """Those of ``ids`` that are PENDING in ``queue`` now."""
+        ...
+
     async def queue_stats(self, queue: str, now: datetime) -> QueueStats:
         """Counts by status and the due time of the longest-waiting ready job."""
         ...

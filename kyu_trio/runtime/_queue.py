@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import signal
 import socket
@@ -36,6 +35,8 @@ H = TypeVar("H", bound=Handler)
 MAX_JOB_TYPE_LENGTH = 200
 MAX_RETRIES_LIMIT = 2**31 - 1
 READY_CHECK_LIMIT = 2.0
+#: Longest job_timeout: PostgreSQL interval arithmetic must stay far from overflow.
+MAX_JOB_TIMEOUT = 366 * 24 * 3600.0
 
 
 def _check_limit(limit: object) -> None:
@@ -310,6 +311,11 @@ class Queue:
             raise InvalidJobError(
                 f"job_type must be at most {MAX_JOB_TYPE_LENGTH} characters, without NUL"
             )
+        if not job_type.isascii():
+            try:
+                job_type.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidJobError("job_type is not valid Unicode (lone surrogates)") from None
         return job_type
 
     def _validate(self, item: EnqueueRequest | tuple[str, str], now: datetime) -> NewJob:
@@ -353,10 +359,12 @@ class Queue:
         if timeout is None:
             timeout = self.config.default_job_timeout
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not (
-            math.isfinite(timeout) and timeout > 0
+            0 < timeout <= MAX_JOB_TIMEOUT  # False for NaN; no float() of a huge int
         ):
-            raise InvalidJobError(f"job_timeout must be a finite number of seconds > 0, "
-                                  f"got {timeout!r}")
+            raise InvalidJobError(
+                f"job_timeout must be a number of seconds > 0 and at most {MAX_JOB_TIMEOUT:g} "
+                f"(a year), got {timeout!r:.60}"
+            )
         due = item.scheduled_at
         if due is None:
             due = now

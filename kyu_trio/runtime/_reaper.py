@@ -74,12 +74,16 @@ class Reaper:
             if not page:
                 self._sweep_cursor = 0
                 return
-            missing = set(await self._broker.missing(self._queue, [r.id for r in page]))
+            missing = await self._broker.missing(self._queue, [r.id for r in page])
             if missing:
-                await self._broker.push(self._queue, [r for r in page if r.id in missing])
-                self.repaired += len(missing)
-                self._log.warning("pushed %d pending jobs missing from the broker",
-                                  len(missing))
+                # A fetcher may have popped some of these a moment ago and be claiming
+                # them now: push only those still pending after that round trip.
+                lost = await self._store.pending_among(self._queue, missing)
+                if lost:
+                    await self._broker.push(self._queue, lost)
+                    self.repaired += len(lost)
+                    self._log.warning("pushed %d pending jobs missing from the broker",
+                                      len(lost))
             self._sweep_cursor = page[-1].seq
             checked += len(page)
 

@@ -312,3 +312,11 @@ class MemoryStore:
             del self.jobs[job_id]
             self._seq.pop(job_id, None)
         return len(old)
+
+    async def pending_among(self, queue: str, ids: Sequence[str]) -> list[Ready]:
+        await trio.lowlevel.checkpoint()
+        found = [
+            self._ready(job) for job in (self.jobs.get(i) for i in ids)
+            if job is not None and job.queue == queue and job.status is JobStatus.PENDING
+        ]
+        return sorted(found, key=lambda r: r.seq)

@@ -115,7 +115,10 @@ class PostgresStore:
         reason = mask_password(text.splitlines()[0] if text else "") or type(exc).__name__
         # The server answered but said no (no such database, bad password, no such role):
         # that is a setting to fix, not an outage to wait out.
-        if getattr(exc, "sqlstate", None) or "does not exist" in text or "authentication" in text:
+        sqlstate = getattr(exc, "sqlstate", None) or ""
+        if sqlstate.startswith(("28", "3D")) or "does not exist" in text or (
+            "authentication" in text
+        ):
             return KyuConnectionError(
                 f"PostgreSQL at {self._address} refused the connection: {reason}"
             )
@@ -406,3 +409,12 @@ class PostgresStore:
             return conn.execute(q.PURGE, params).rowcount
 
         return await self._run(purge)
+
+    async def pending_among(self, queue: str, ids: Sequence[str]) -> list[Ready]:
+        params = {"queue": queue, "ids": _uuids(ids)}
+
+        def pending(conn: psycopg.Connection[Any]) -> list[Ready]:
+            rows = conn.execute(q.PENDING_AMONG, params).fetchall()
+            return sorted((Ready(str(r[0]), r[1], r[2]) for r in rows), key=lambda r: r.seq)
+
+        return await self._run(pending)

@@ -222,3 +222,8 @@ WITH old AS (
 )
 DELETE FROM kyu_jobs AS j USING old WHERE j.id = old.id
 """
+
+PENDING_AMONG = """
+SELECT id, priority, seq FROM kyu_jobs
+WHERE id = ANY(%(ids)s::uuid[]) AND status = 'pending' AND (queue = %(queue)s) IS TRUE
+"""
