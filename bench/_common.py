@@ -57,6 +57,13 @@ def count_status(queue: str, status: str) -> int:
     return int(row[0]) if row else 0
 
 
+def vacuum() -> None:
+    """VACUUM ANALYZE the jobs table, so every system measured starts from the same clean
+    table (where autovacuum is off or behind, dead rows from earlier runs pile up)."""
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE kyu_jobs")
+
+
 def run_workers(
     module: str,
     queue: str,
@@ -67,6 +74,7 @@ def run_workers(
 ) -> dict[str, float]:
     """Start ``processes`` copies of ``python -m module``, wait until ``total`` jobs of
     ``queue`` are completed, stop them; return wall time and CPU figures."""
+    vacuum()
     server_cpu0 = cpu_seconds_of(("postgres",)), cpu_seconds_of(("redis-server",))
     started = time.perf_counter()
     procs = [
