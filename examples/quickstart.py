@@ -5,7 +5,7 @@ or directly with ``.venv/bin/python examples/quickstart.py``.
 
 It connects to ``postgresql://postgres@127.0.0.1:5432/test`` and
 ``redis://127.0.0.1:6379/0`` unless KYU_DSN / KYU_REDIS_URL say otherwise, and uses the
-queue ``kyu:quickstart``. Jobs:
+queue ``kyu:quickstart`` unless KYU_QUEUE says otherwise. Jobs:
 
 * ``greet``        succeeds at once;
 * ``flaky``        fails on its first run and succeeds on the retry (1 s backoff);
@@ -44,8 +44,9 @@ def make_queue() -> Queue:
         overrides["dsn"] = DEFAULT_DSN
     if not os.environ.get("KYU_REDIS_URL"):
         overrides["redis_url"] = DEFAULT_REDIS_URL
+    if not os.environ.get("KYU_QUEUE"):
+        overrides["queue_name"] = "kyu:quickstart"
     config = Config.from_env(
-        queue_name="kyu:quickstart",
         metrics_port=0,
         workers=4,
         scheduler_interval=0.5,  # promote due retries / scheduled jobs quickly
