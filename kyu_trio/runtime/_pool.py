@@ -180,15 +180,22 @@ class WorkerPool:
                         await outage.wait(exc)
                         continue
                     # The ids are out of the broker now: from here on a cancellation must
-                    # not lose them, so the rest of the round is shielded.
-                    with trio.CancelScope(shield=True):
-                        claimed = await self._claim_popped(popped, free, outage)
-                        for job in claimed:
-                            self._held[job.id] = Lease(job.id, job.attempt)
-                            jobs_send.send_nowait(job)  # room is guaranteed by the slots
+                    # not lose them, so the claim and hand-off are shielded (the backoff
+                    # after a failed claim is not: shutdown must not wait for it).
+                    try:
+                        with trio.CancelScope(shield=True):
+                            claimed = await self._claim_popped(popped, free)
+                            for job in claimed:
+                                self._held[job.id] = Lease(job.id, job.attempt)
+                                jobs_send.send_nowait(job)  # room is guaranteed by the slots
+                    except KyuConnectionError as exc:
+                        self._release_slots(free)
+                        await outage.wait(exc)
+                        continue
+                    outage.recovered()
                     self._release_slots(free - len(claimed))
 
-    async def _claim_popped(self, popped: dict[str, float], free: int, outage: Outage) -> list[Job]:
+    async def _claim_popped(self, popped: dict[str, float], free: int) -> list[Job]:
         if not popped:
             return []
         if self._stopping:
@@ -198,25 +205,23 @@ class WorkerPool:
         if len(popped) < free:
             with contextlib.suppress(KyuConnectionError):  # then claim what we have
                 popped.update(await self._broker.pop(self._queue, free - len(popped)))
-        return await self._claim(popped, outage)
+        return await self._claim(popped)
 
     async def _restore(self, popped: dict[str, float]) -> None:
         # If even this fails, the reaper's sweep pushes pending rows the broker lacks.
         with contextlib.suppress(KyuConnectionError):
             await self._broker.restore(self._queue, popped)
 
-    async def _claim(self, popped: dict[str, float], outage: Outage) -> list[Job]:
+    async def _claim(self, popped: dict[str, float]) -> list[Job]:
         try:
             claimed = await self._store.claim_jobs(
                 self._queue, list(popped), self._worker_id, self._clock.now()
             )
-        except KyuConnectionError as exc:
+        except KyuConnectionError:
             # The store is away: give the ids back to the broker so nothing waits for the
-            # reaper's sweep, then back off before the next pop.
+            # reaper's sweep; the fetcher backs off before its next pop.
             await self._restore(popped)
-            await outage.wait(exc)
-            return []
-        outage.recovered()
+            raise
         self.stats.claimed += len(claimed)
         if self._metrics is not None:
             now = self._clock.now()

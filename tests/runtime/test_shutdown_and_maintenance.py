@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import trio
 
-from kyu_trio import JobStatus, MemoryBroker, current_job
+from kyu_trio import JobStatus, KyuConnectionError, MemoryBroker, current_job
 from kyu_trio._ports import Lease, Ready
 
 from .conftest import Harness
@@ -337,3 +337,26 @@ async def test_id_popped_after_shutdown_began_is_handed_back(autojump_clock: Any
         assert ran == []
         assert (await queue.inspect(job_id)).status is JobStatus.PENDING
         assert list(await harness.broker.pop(queue.config.queue_name, 5)) == [job_id]
+
+
+async def test_claim_outage_backoff_does_not_delay_cancellation(
+    autojump_clock: Any, harness: Harness
+) -> None:
+    queue = harness.queue(workers=2)
+
+    async def store_is_down(*args: Any) -> Any:
+        raise KyuConnectionError("PostgreSQL at db:5432 is unreachable or went away: test")
+
+    async with queue:
+        job_id = await queue.enqueue("t", "")
+        harness.store.claim_jobs = store_is_down  # type: ignore[method-assign]
+        with trio.CancelScope() as outer:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(queue.serve)
+                await trio.sleep(60)  # backoff has grown to its cap by now
+                t0 = trio.current_time()
+                outer.cancel()
+        assert trio.current_time() == t0  # the backoff sleep was not shielded
+        # The popped id went back to the broker; the row is still pending.
+        assert list(await harness.broker.pop(queue.config.queue_name, 5)) == [job_id]
+        assert (await harness.store.get_job(job_id)).status is JobStatus.PENDING
