@@ -458,13 +458,16 @@ def jobs(status: str | None, job_type: str | None, limit: int, as_json: bool) ->
         async with queue:
             return await queue.list_jobs(status=status, job_type=job_type, limit=limit)
 
-    found = run(body)
+    show_jobs(run(body), as_json, "no jobs")
+
+
+def show_jobs(found: list[Job], as_json: bool, empty: str) -> None:
     if as_json:
         echo_json([job_dict(j) for j in found])
     elif found:
         click.echo(jobs_table(found))
     else:
-        click.echo("no jobs")
+        click.echo(empty)
 
 
 @cli.command()
@@ -483,13 +486,7 @@ def dead(limit: int, as_json: bool) -> None:
         async with queue:
             return await queue.dead_jobs(limit)
 
-    found = run(body)
-    if as_json:
-        echo_json([job_dict(j) for j in found])
-    elif found:
-        click.echo(jobs_table(found))
-    else:
-        click.echo("no dead jobs")
+    show_jobs(run(body), as_json, "no dead jobs")
 
 
 @cli.command()

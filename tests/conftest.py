@@ -101,8 +101,9 @@ def free_port() -> int:
 class ThrowawayRedis:
     """A redis-server of our own on a free port, to flush, kill and restart freely."""
 
-    def __init__(self) -> None:
+    def __init__(self, password: str | None = None) -> None:
         self.port = free_port()
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -124,6 +125,7 @@ class ThrowawayRedis:
                 "",
                 "--appendonly",
                 "no",
+                *(["--requirepass", self.password] if self.password else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -131,7 +133,7 @@ class ThrowawayRedis:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                redis.Redis(port=self.port).ping()
+                redis.Redis(port=self.port, password=self.password).ping()
                 return
             except redis.exceptions.ConnectionError:
                 time.sleep(0.02)

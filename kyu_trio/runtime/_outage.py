@@ -9,6 +9,9 @@ import trio
 
 from .._errors import KyuConnectionError
 
+# Jitter only spreads retries out; one generator serves every loop.
+_JITTER = random.Random()
+
 
 class Outage:
     """Tracks one loop's connection trouble so it logs once when an outage starts and
@@ -19,7 +22,6 @@ class Outage:
         self._what = what
         self._cap = cap
         self._failures = 0
-        self._rng = random.Random()
 
     def failed(self, exc: KyuConnectionError) -> float:
         """Record a failed attempt; return how long to wait before the next one."""
@@ -27,7 +29,7 @@ class Outage:
             self._logger.error("%s: %s; retrying with backoff", self._what, exc)
         self._failures += 1
         delay: float = min(self._cap, 0.1 * 2.0 ** min(self._failures, 10))
-        return delay * (0.5 + self._rng.random() / 2)
+        return delay * (0.5 + _JITTER.random() / 2)
 
     def recovered(self) -> None:
         if self._failures:

@@ -83,6 +83,7 @@ class WorkerPool:
         self._fetch_scopes: list[trio.CancelScope] = []
         self._stopping = False
         self._workers_done = trio.Event()
+        self._record_outage = Outage(logger, f"worker {worker_id} recording outcomes", cap=2.0)
         self._cancelling = False
         self.stats = PoolStats()
 
@@ -326,14 +327,14 @@ class WorkerPool:
         by_kind: dict[Kind, list[Outcome]] = defaultdict(list)
         for outcome in outcomes:
             by_kind[outcome.kind].append(outcome)
-        outage = Outage(self._log, f"worker {self._worker_id} recording outcomes", cap=2.0)
         with trio.move_on_after(CLEANUP_LIMIT) as limit:
             while True:
                 try:
                     await self._write(by_kind)
+                    self._record_outage.recovered()
                     break
                 except KyuConnectionError as exc:
-                    await outage.wait(exc)
+                    await self._record_outage.wait(exc)
         if limit.cancelled_caught:
             self._log.error(
                 "gave up recording %d outcomes; the reaper will rescue their jobs",

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
-import subprocess
-import time
 import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -28,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kyu_trio import Config, ConfigError, KyuConnectionError, Queue
-from tests.conftest import free_port
+from tests.conftest import ThrowawayRedis, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -129,41 +126,14 @@ async def test_unreachable_redis_never_shows_the_password(
     assert_no_secret(repr(config) + str(config) + repr(queue))
 
 
-class PasswordRedis:
-    """A redis-server of our own that requires ``SECRET``."""
+class PasswordRedis(ThrowawayRedis):
+    """A throwaway redis-server that requires ``SECRET``."""
 
     def __init__(self) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            pytest.skip("redis-server is not installed")
-        self.exe = exe
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(password=SECRET)
 
-    def url(self, password: str = SECRET) -> str:
+    def url(self, password: str = SECRET) -> str:  # type: ignore[override]
         return f"redis://:{password}@127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--requirepass", SECRET,
-             "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                redis.Redis(port=self.port, password=SECRET).ping()
-                return
-            except redis.exceptions.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
 
 
 @pytest.fixture
