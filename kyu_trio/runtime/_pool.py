@@ -143,16 +143,23 @@ class WorkerPool:
 
     async def _take_slots(self) -> int:
         await self._slots.acquire()
-        # Workers that finished in the same scheduling round release their slots during
-        # this checkpoint: one claim for all of them instead of one claim each.
-        await trio.lowlevel.checkpoint()
         taken = 1
+        # Workers finishing in the same scheduling rounds release their slots during these
+        # checkpoints: gather until a round frees none, so that one claim serves all of
+        # them instead of one small claim each (a claim costs a round trip and a thread
+        # hop however many rows it takes).
         while taken < MAX_BATCH:
-            try:
-                self._slots.acquire_nowait()
-            except trio.WouldBlock:
+            await trio.lowlevel.checkpoint()
+            gained = 0
+            while taken < MAX_BATCH:
+                try:
+                    self._slots.acquire_nowait()
+                except trio.WouldBlock:
+                    break
+                taken += 1
+                gained += 1
+            if not gained:
                 break
-            taken += 1
         return taken
 
     def _release_slots(self, n: int) -> None:
