@@ -250,13 +250,28 @@ class PostgresStore:
     async def claim_jobs(
         self, queue: str, ids: Sequence[str], worker_id: str, now: datetime
     ) -> list[Job]:
-        uuids = _uuids(ids)
-        if not uuids:
+        if not ids:
             return []
-        params = {"ids": uuids, "queue": queue, "worker": worker_id, "now": now}
 
         def claim(conn: psycopg.Connection[Any]) -> list[Job]:
-            return [_to_job(r) for r in conn.execute(q.CLAIM_JOBS, params).fetchall()]
+            uuids = _uuids(ids)
+            if not uuids:
+                return []
+            params = {"ids": uuids, "queue": queue, "worker": worker_id, "now": now}
+            rows = conn.execute(q.CLAIM_JOBS, params).fetchall()
+            # The columns the claim itself set are known without reading them back.
+            return [
+                Job(
+                    id=str(id_), queue=queue, job_type=job_type, payload=payload,
+                    status=JobStatus.RUNNING, priority=priority, scheduled_at=scheduled_at,
+                    max_retries=max_retries, retry_count=retry_count,
+                    error_message=error_message, locked_by=worker_id, locked_at=now,
+                    completed_at=None, job_timeout=job_timeout, created_at=created_at,
+                    updated_at=now, attempt=attempt, heartbeat_at=now,
+                )
+                for (id_, job_type, payload, priority, scheduled_at, max_retries, retry_count,
+                     error_message, job_timeout, created_at, attempt) in rows
+            ]
 
         claimed = await self._run(claim, lease=True)
         order = {job_id: i for i, job_id in enumerate(ids)}

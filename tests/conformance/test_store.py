@@ -53,6 +53,18 @@ async def test_claim_is_conditional(store: Any, queue_name: str) -> None:
     assert await store.claim_jobs("other-queue", [later.id], "w1", T0 + timedelta(hours=1)) == []
 
 
+async def test_claimed_job_equals_the_row(store: Any, queue_name: str) -> None:
+    # The claim fills in the columns it set from its own parameters instead of reading
+    # them back: what it returns must still be exactly the row.
+    job = new(queue_name, retries=5)
+    await store.insert_jobs([job], T0)
+    later = T0 + timedelta(seconds=3)
+    [claimed] = await store.claim_jobs(queue_name, [job.id], "w1", later)
+    assert claimed == await store.get_job(job.id)
+    assert (claimed.locked_at, claimed.heartbeat_at, claimed.updated_at) == (later,) * 3
+    assert (claimed.queue, claimed.max_retries, claimed.completed_at) == (queue_name, 5, None)
+
+
 async def test_claim_refuses_cancelled(store: Any, queue_name: str) -> None:
     job = new(queue_name)
     await store.insert_jobs([job], T0)
