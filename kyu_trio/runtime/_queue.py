@@ -18,6 +18,7 @@ import trio
 from .._clock import Clock, SystemClock
 from .._config import Config
 from .._errors import InvalidJobError, JobNotFound, KyuConnectionError, KyuError, NotConnectedError
+from .._ids import new_job_id
 from .._job import FINAL_STATES, EnqueueRequest, Job, JobStatus
 from .._ports import Broker, CancelOutcome, NewJob, Ready, Store
 from .._score import PRIORITY_MAX, PRIORITY_MIN
@@ -379,7 +380,7 @@ class Queue:
             raise InvalidJobError(f"scheduled_at {due.isoformat()} is out of range")
         status = JobStatus.PENDING if due <= now else JobStatus.SCHEDULED
         return NewJob(
-            id=str(uuid.uuid4()), queue=self.config.queue_name, job_type=job_type,
+            id=new_job_id(), queue=self.config.queue_name, job_type=job_type,
             payload=payload, priority=priority, max_retries=retries, scheduled_at=due,
             job_timeout=float(timeout), status=status,
         )

@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+import time
+import uuid
+
+from kyu_trio._ids import new_job_id
+
+
+def test_ids_are_version_7_uuids_ordered_by_creation_millisecond() -> None:
+    first = new_job_id()
+    time.sleep(0.002)
+    later = [new_job_id() for _ in range(1000)]
+    for text in (first, *later):
+        parsed = uuid.UUID(text)
+        assert parsed.version == 7
+        assert parsed.variant == uuid.RFC_4122
+        assert str(parsed) == text
+    assert all(first < other for other in later)
+    assert len(set(later)) == len(later)
+    millis = uuid.UUID(first).int >> 80
+    assert abs(millis - time.time_ns() // 1_000_000) < 60_000
