@@ -31,6 +31,18 @@ def marker_key(queue: str) -> str:
     return f"{queue}:~epoch"
 
 
+
+def _raw_reply(response: Any, **options: Any) -> Any:
+    return response
+
+
+def _popped(reply: Any) -> dict[str, float]:
+    """ZPOPMIN's raw reply as {id: score}: pairs under RESP3, a flat list under RESP2."""
+    if reply and isinstance(reply[0], list):
+        return {member.decode(): float(score) for member, score in reply}
+    return {member.decode(): float(score)
+            for member, score in zip(reply[::2], reply[1::2], strict=True)}
+
 class RedisBroker:
     """Ready job ids in Redis sorted sets; lowest score pops first."""
 
@@ -63,6 +75,10 @@ class RedisBroker:
             health_check_interval=30,
         )
         client = redis.Redis(connection_pool=pool)
+        # The reply as sent ([member, score, member, score, ...]): redis-py's own callback
+        # builds a tuple per member and converts each score through several calls, which
+        # cost more than the pop itself on the hot path.
+        client.set_response_callback("ZPOPMIN", _raw_reply)
         try:
             await trio.to_thread.run_sync(client.ping)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
@@ -87,8 +103,7 @@ class RedisBroker:
         await self._run(lambda r: r.zadd(queue, mapping))
 
     async def pop(self, queue: str, count: int) -> dict[str, float]:
-        popped: Any = await self._run(lambda r: r.zpopmin(queue, count))
-        return {member.decode(): float(s) for member, s in popped}
+        return _popped(await self._run(lambda r: r.zpopmin(queue, count)))
 
     async def pop_wait(self, queue: str, wait: float) -> dict[str, float]:
         item: Any = await self._run(lambda r: r.bzpopmin(queue, timeout=wait))

@@ -13,7 +13,8 @@ JOB_COLUMNS = (
 # What a claim returns: the columns it does not set itself (the store fills in the rest
 # from its own parameters, which saves parsing six values per job on the hot path).
 CLAIMED_COLUMNS = (
-    "id, job_type, payload, priority, scheduled_at, max_retries, retry_count, error_message, "
+    "id::text, job_type, payload, priority, scheduled_at, max_retries, retry_count, "
+    "error_message, "
     "job_timeout, created_at, attempt"
 )
 
@@ -87,7 +88,7 @@ SET status = 'completed', completed_at = %(now)s, updated_at = %(now)s
 FROM unnest(%(ids)s::uuid[], %(attempts)s::int[]) AS t(id, attempt)
 WHERE j.id = t.id AND j.attempt = t.attempt AND (j.status = 'running') IS TRUE
   AND j.locked_by = %(worker)s
-RETURNING j.id
+RETURNING j.id::text
 """
 
 FAIL_JOBS = """
@@ -101,7 +102,7 @@ FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(statuses)s::text[],
             %(due)s::timestamptz[], %(messages)s::text[]) AS t(id, attempt, status, due, message)
 WHERE j.id = t.id AND j.attempt = t.attempt AND (j.status = 'running') IS TRUE
   AND j.locked_by = %(worker)s
-RETURNING j.id
+RETURNING j.id::text
 """
 
 REQUEUE_JOBS = """

@@ -168,3 +168,12 @@ def test_metric_labels_stay_bounded_for_unknown_job_types() -> None:
     registry = metrics.registry
     assert registry.get_sample_value("kyu_job_failures_total", {"job_type": "unknown"}) == 1000
     assert registry.get_sample_value("kyu_jobs_dead_total") == 1000
+
+
+def test_zpopmin_reply_parsed_under_both_protocols() -> None:
+    from kyu_trio.broker._redis import _popped
+
+    resp3 = [[b"a", 1.0], [b"b", 2.5]]
+    resp2 = [b"a", b"1", b"b", b"2.5"]
+    assert _popped(resp3) == _popped(resp2) == {"a": 1.0, "b": 2.5}
+    assert _popped([]) == {}
