@@ -4,19 +4,22 @@ users' dashboards keep working."""
 
 from __future__ import annotations
 
+import bisect
 import logging
-from collections.abc import Callable
-from typing import Any
+import time
+from collections.abc import Callable, Iterator
 
 import trio
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from .._clock import Clock
 from .._errors import KyuConnectionError
@@ -31,6 +34,116 @@ _DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
 _WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 
 
+class _Histogram:
+    """Bucket counts of one label set (not cumulative; made cumulative on collection)."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self, size: int) -> None:
+        self.counts = [0] * size
+        self.sum = 0.0
+
+
+class JobTally(Collector):
+    """The per-job counters and histograms, kept as plain ints and floats and turned into
+    Prometheus samples only when scraped.
+
+    prometheus-client's own Counter and Histogram take a lock and make several calls per
+    update, which cost more per job than the job's claim. Every update here happens on
+    the trio thread, so no lock is needed; a scrape copies before it reads.
+    """
+
+    def __init__(self) -> None:
+        self._created = time.time()  # exposition only (the `_created` samples)
+        self.processed: dict[str, int] = {}
+        self.failures: dict[str, int] = {}
+        self.retries: dict[str, int] = {}
+        self.dead = 0
+        self.duration: dict[tuple[str, str], _Histogram] = {}
+        self.wait: dict[str, _Histogram] = {}
+
+    def observe_wait(self, job_type: str, seconds: float) -> None:
+        h = self.wait.get(job_type)
+        if h is None:
+            h = self.wait[job_type] = _Histogram(len(_WAIT_BUCKETS) + 1)
+        h.counts[bisect.bisect_left(_WAIT_BUCKETS, seconds)] += 1
+        h.sum += seconds
+
+    def finished(self, job_type: str, status: str, duration: float) -> None:
+        self.processed[status] = self.processed.get(status, 0) + 1
+        key = (job_type, status)
+        h = self.duration.get(key)
+        if h is None:
+            h = self.duration[key] = _Histogram(len(_DURATION_BUCKETS) + 1)
+        h.counts[bisect.bisect_left(_DURATION_BUCKETS, duration)] += 1
+        h.sum += duration
+        if status in ("failed", "dead"):
+            self.failures[job_type] = self.failures.get(job_type, 0) + 1
+        if status == "failed":
+            self.retries[job_type] = self.retries.get(job_type, 0) + 1
+        elif status == "dead":
+            self.dead += 1
+
+    def lost(self, dead: int) -> None:
+        self.processed["dead"] = self.processed.get("dead", 0) + dead
+        self.dead += dead
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families()
+
+    def _families(self) -> Iterator[Metric]:
+        created = self._created
+        processed = CounterMetricFamily("kyu_jobs_processed", "Finished runs by outcome",
+                                        labels=["status"], created=created)
+        for status, n in sorted(dict(self.processed).items()):
+            processed.add_metric([status], n, created=created)
+        yield processed
+        failures = CounterMetricFamily("kyu_job_failures", "Failed runs by job type",
+                                       labels=["job_type"], created=created)
+        for job_type, n in sorted(dict(self.failures).items()):
+            failures.add_metric([job_type], n, created=created)
+        yield failures
+        yield CounterMetricFamily("kyu_jobs_dead", "Jobs that exhausted all retries",
+                                  value=self.dead, created=created)
+        retries = CounterMetricFamily("kyu_retries",
+                                      "Failed runs that were scheduled for a retry",
+                                      labels=["job_type"], created=created)
+        for job_type, n in sorted(dict(self.retries).items()):
+            retries.add_metric([job_type], n, created=created)
+        yield retries
+        duration = HistogramMetricFamily("kyu_job_duration_seconds", "Handler run time",
+                                         labels=["job_type", "status"])
+        for (job_type, status), h in sorted(dict(self.duration).items()):
+            duration.add_metric([job_type, status], *_cumulative(h, _DURATION_BUCKETS))
+            _add_created(duration, {"job_type": job_type, "status": status}, created)
+        yield duration
+        wait = HistogramMetricFamily("kyu_job_wait_seconds", "Time from due to start",
+                                     labels=["job_type"])
+        for job_type, h in sorted(dict(self.wait).items()):
+            wait.add_metric([job_type], *_cumulative(h, _WAIT_BUCKETS))
+            _add_created(wait, {"job_type": job_type}, created)
+        yield wait
+
+
+def _add_created(family: Metric, labels: dict[str, str], created: float) -> None:
+    # HistogramMetricFamily has no `created` argument; prometheus-client's Histogram
+    # writes one `_created` sample per label set, and so do we.
+    family.samples.append(Sample(f"{family.name}_created", labels, created))
+
+
+def _cumulative(h: _Histogram, bounds: tuple[float, ...]) -> tuple[list[tuple[str, float]], float]:
+    counts, total = list(h.counts), h.sum
+    running, buckets = 0, []
+    for bound, n in zip((*bounds, float("inf")), counts, strict=True):
+        running += n
+        # The `le` text prometheus-client writes: 0.005, 1.0, +Inf.
+        buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), float(running)))
+    return buckets, total
+
+
 class Metrics:
     """Every metric kyu-trio exports. ``is_known`` bounds the ``job_type`` label: types
     without a registered handler are reported as ``unknown``."""
@@ -38,24 +151,14 @@ class Metrics:
     def __init__(self, queue: str, version: str, is_known: Callable[[str], bool]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._is_known = is_known
-        self._wait_children: dict[str, Any] = {}
-        self._finished_children: dict[tuple[str, str], list[Any]] = {}
+        self._labels: dict[str, str] = {}
         r = self.registry
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         self.jobs_total = Counter("kyu_jobs", "Jobs ever submitted through this process",
                                   registry=r)
-        self.processed = Counter("kyu_jobs_processed", "Finished runs by outcome", ["status"],
-                                 registry=r)
-        self.failures = Counter("kyu_job_failures", "Failed runs by job type", ["job_type"],
-                                registry=r)
-        self.dead = Counter("kyu_jobs_dead", "Jobs that exhausted all retries", registry=r)
-        self.retries = Counter("kyu_retries", "Failed runs that were scheduled for a retry",
-                               ["job_type"], registry=r)
-        self.duration = Histogram("kyu_job_duration_seconds", "Handler run time",
-                                  ["job_type", "status"], buckets=_DURATION_BUCKETS, registry=r)
-        self.wait = Histogram("kyu_job_wait_seconds", "Time from due to start",
-                              ["job_type"], buckets=_WAIT_BUCKETS, registry=r)
+        self.tally = JobTally()
+        r.register(self.tally)
         self.depth = Gauge("kyu_queue_depth", "Job ids waiting in Redis", registry=r)
         self.lag = Gauge("kyu_queue_lag_seconds", "Age of the oldest due job not yet started",
                          registry=r)
@@ -74,52 +177,33 @@ class Metrics:
         info = Gauge("kyu_info", "kyu-trio version and queue", ["version", "queue"], registry=r)
         info.labels(version=version, queue=queue).set(1)
         for status in ("completed", "failed", "dead", "requeued"):
-            self.processed.labels(status=status)
+            self.tally.processed[status] = 0
         for status in JobStatus:
             self.by_status.labels(status=status.value)
 
     def forget_labels(self) -> None:
-        """Drop cached label children: the set of known job types changed."""
-        self._wait_children.clear()
-        self._finished_children.clear()
+        """Drop cached job type labels: the set of known job types changed."""
+        self._labels.clear()
 
     def job_type(self, job_type: str) -> str:
-        return job_type if self._is_known(job_type) else UNKNOWN
+        label = self._labels.get(job_type)
+        if label is None:
+            label = job_type if self._is_known(job_type) else UNKNOWN
+            if len(self._labels) < 10_000:  # ids of unknown types must not grow it forever
+                self._labels[job_type] = label
+        return label
 
     def started(self, job_type: str, wait: float) -> None:
-        label = self.job_type(job_type)
-        child = self._wait_children.get(label)
-        if child is None:
-            child = self._wait_children[label] = self.wait.labels(job_type=label)
-        child.observe(max(wait, 0.0))
+        self.tally.observe_wait(self.job_type(job_type), max(wait, 0.0))
 
     def finished(self, job_type: str, status: str, duration: float) -> None:
         """``status``: completed, failed (retry scheduled), dead or requeued."""
-        # labels() takes a lock and builds a key on every call: on the job path each
-        # (label, status) is looked up once and its children kept (a bounded set).
-        label = self.job_type(job_type)
-        children = self._finished_children.get((label, status))
-        if children is None:
-            children = [self.processed.labels(status=status),
-                        self.duration.labels(job_type=label, status=status)]
-            if status in ("failed", "dead"):
-                children.append(self.failures.labels(job_type=label))
-            if status == "failed":
-                children.append(self.retries.labels(job_type=label))
-            if status == "dead":
-                children.append(self.dead)
-            self._finished_children[(label, status)] = children
-        children[1].observe(duration)
-        for i, child in enumerate(children):
-            if i != 1:
-                child.inc()
+        self.tally.finished(self.job_type(job_type), status, duration)
 
     def lost(self, dead: int) -> None:
         """Jobs the reaper declared dead (their worker was lost on their last try)."""
         if dead:
-            self.processed.labels(status="dead").inc(dead)
-            self.dead.inc(dead)
-
+            self.tally.lost(dead)
 
 class Sampler:
     """Keeps the gauges that describe the whole queue current (depth, lag, by status)."""

@@ -38,7 +38,7 @@ FROM unnest(%(ids)s::uuid[], %(queues)s::text[], %(types)s::text[], %(payloads)s
      WITH ORDINALITY AS t(id, queue, job_type, payload, status, priority, scheduled_at,
                           max_retries, job_timeout, ord)
 ORDER BY t.ord
-RETURNING id, status, priority, seq
+RETURNING id::text, status, priority, seq
 """
 
 INSERT_ONE = """
@@ -112,7 +112,7 @@ SET status = 'pending', scheduled_at = %(now)s, seq = nextval('kyu_jobs_seq'),
 FROM unnest(%(ids)s::uuid[], %(attempts)s::int[]) AS t(id, attempt)
 WHERE j.id = t.id AND j.attempt = t.attempt AND (j.status = 'running') IS TRUE
   AND j.locked_by = %(worker)s
-RETURNING j.id, j.priority, j.seq
+RETURNING j.id::text, j.priority, j.seq
 """
 
 # SKIP LOCKED: a heartbeat never waits for a row another statement is writing (that row is
@@ -148,7 +148,7 @@ UPDATE kyu_jobs AS j
 SET status = 'pending', seq = due.new_seq, updated_at = %(now)s
 FROM due
 WHERE j.id = due.id
-RETURNING j.id, j.priority, j.seq
+RETURNING j.id::text, j.priority, j.seq
 """
 
 RESCUE_STALE = """
@@ -169,11 +169,11 @@ SET status = CASE WHEN j.retry_count < j.max_retries THEN 'pending' ELSE 'dead' 
     updated_at = %(now)s
 FROM stale
 WHERE j.id = stale.id
-RETURNING j.id, j.status, j.priority, j.seq
+RETURNING j.id::text, j.status, j.priority, j.seq
 """
 
 PENDING_AFTER = """
-SELECT id, priority, seq FROM kyu_jobs
+SELECT id::text, priority, seq FROM kyu_jobs
 WHERE queue = %s AND status = 'pending' AND seq > %s
 ORDER BY seq
 LIMIT %s
@@ -199,7 +199,7 @@ UPDATE kyu_jobs
 SET status = 'pending', retry_count = 0, scheduled_at = %(now)s,
     seq = nextval('kyu_jobs_seq'), updated_at = %(now)s
 WHERE id = ANY(%(ids)s::uuid[]) AND (status IN ('dead', 'failed')) IS TRUE
-RETURNING id, priority, seq, queue
+RETURNING id::text, priority, seq, queue
 """
 
 RETRY_ALL_DEAD = """
@@ -211,7 +211,7 @@ UPDATE kyu_jobs AS j
 SET status = 'pending', retry_count = 0, scheduled_at = %(now)s,
     seq = nextval('kyu_jobs_seq'), updated_at = %(now)s
 FROM picked WHERE j.id = picked.id
-RETURNING j.id, j.priority, j.seq, j.queue
+RETURNING j.id::text, j.priority, j.seq, j.queue
 """
 
 LIST_JOBS = f"""
@@ -238,6 +238,6 @@ DELETE FROM kyu_jobs AS j USING old WHERE j.id = old.id
 """
 
 PENDING_AMONG = """
-SELECT id, priority, seq FROM kyu_jobs
+SELECT id::text, priority, seq FROM kyu_jobs
 WHERE id = ANY(%(ids)s::uuid[]) AND (status = 'pending' AND queue = %(queue)s) IS TRUE
 """

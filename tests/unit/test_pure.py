@@ -163,8 +163,8 @@ def test_metric_labels_stay_bounded_for_unknown_job_types() -> None:
         metrics.finished(f"random-{i}", "dead", 0.01)
         metrics.started(f"random-{i}", 0.01)
     metrics.finished("known", "completed", 0.01)
-    assert len(metrics._finished_children) == 2
-    assert len(metrics._wait_children) == 1
+    assert len(metrics.tally.duration) == 2
+    assert len(metrics.tally.wait) == 1
     registry = metrics.registry
     assert registry.get_sample_value("kyu_job_failures_total", {"job_type": "unknown"}) == 1000
     assert registry.get_sample_value("kyu_jobs_dead_total") == 1000
@@ -177,3 +177,36 @@ def test_zpopmin_reply_parsed_under_both_protocols() -> None:
     resp2 = [b"a", b"1", b"b", b"2.5"]
     assert _popped(resp3) == _popped(resp2) == {"a": 1.0, "b": 2.5}
     assert _popped([]) == {}
+
+
+def test_job_tally_exposes_what_prometheus_client_would() -> None:
+    # JobTally replaces prometheus-client's Counter/Histogram on the job path: the same
+    # observations must give the same samples (prometheus-client itself is the oracle).
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    from kyu_trio.runtime._metrics import _DURATION_BUCKETS, Metrics
+
+    ours = Metrics("q", "0", lambda job_type: job_type != "unregistered")
+    oracle = CollectorRegistry()
+    processed = Counter("kyu_jobs_processed", "Finished runs by outcome", ["status"],
+                        registry=oracle)
+    duration = Histogram("kyu_job_duration_seconds", "Handler run time",
+                         ["job_type", "status"], buckets=_DURATION_BUCKETS, registry=oracle)
+    for status in ("completed", "failed", "dead", "requeued"):
+        processed.labels(status=status)
+    runs = [("a", "completed", 0.0), ("a", "completed", 0.001), ("a", "completed", 0.0011),
+            ("b", "failed", 2.5), ("b", "dead", 400.0), ("unregistered", "completed", 1.0)]
+    for job_type, status, seconds in runs:
+        ours.finished(job_type, status, seconds)
+        label = "unknown" if job_type == "unregistered" else job_type
+        processed.labels(status=status).inc()
+        duration.labels(job_type=label, status=status).observe(seconds)
+
+    def samples(registry: CollectorRegistry) -> list[str]:
+        text = generate_latest(registry).decode().splitlines()
+        return sorted(line.rsplit(" ", 1)[0] if "_created" in line else line
+                      for line in text if line.startswith(
+                          ("kyu_jobs_processed", "kyu_job_duration_seconds")))
+
+    assert samples(ours.registry) == samples(oracle)
+    assert len(samples(oracle)) > 40
