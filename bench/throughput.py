@@ -1,5 +1,5 @@
 """Throughput: enqueue (single and bulk), then burn the jobs down with worker processes;
-the bare batched loop (bench/_floor_worker.py) runs in the same invocation on the same
+the bare batched loop (bench/floor.py) runs in the same invocation on the same
 servers, so kyu-trio's figure is reported as a fraction of it.
 
     .venv/bin/python -m bench.throughput --jobs 50000 --processes 2 --workers 50
@@ -63,7 +63,7 @@ def main() -> None:
         results["kyu"] = run_workers("bench._kyu_worker", kyu_q, args.processes, args.workers, jobs)
         trio.run(enqueue_figures, floor_q, jobs, 0)
         results["floor"] = run_workers(
-            "bench._floor_worker", floor_q, args.processes, args.workers, jobs
+            "bench.floor", floor_q, args.processes, args.workers, jobs
         )
     finally:
         cleanup(kyu_q, kyu_q + "-single", floor_q, floor_q + "-single")

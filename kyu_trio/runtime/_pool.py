@@ -250,49 +250,91 @@ class WorkerPool:
         out_send: trio.MemorySendChannel[Outcome],
     ) -> None:
         async with jobs_recv, out_send:
-            async for job in jobs_recv:
-                try:
-                    outcome = await self._execute(job)
-                    try:
-                        out_send.send_nowait(outcome)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        # The completer is gone (serve() is being cancelled): write it here.
-                        with trio.CancelScope(shield=True):
-                            await self._record([outcome])
-                finally:
-                    self._slots.release()
+            while await self._run_jobs(jobs_recv, out_send):
+                pass
 
-    async def _execute(self, job: Job) -> Outcome:
-        if self._cancelling:
-            return Outcome(Kind.REQUEUE, job, 0.0)
-        started = trio.current_time()
-        # One scope serves both limits: its deadline is the job's timeout, and shutdown
-        # cancels it; whether the deadline had passed tells the two apart.
-        scope = trio.CancelScope(deadline=started + job.job_timeout)
+    async def _run_jobs(
+        self,
+        jobs_recv: trio.MemoryReceiveChannel[Job],
+        out_send: trio.MemorySendChannel[Outcome],
+    ) -> bool:
+        """Run jobs one after another under one cancel scope, until the channel ends
+        (returns False) or the scope is cancelled (returns True: call again).
+
+        The scope's deadline is the running job's timeout and is infinite between jobs;
+        shutdown cancels it. Entering and leaving a fresh scope per job cost about as much
+        as the rest of dispatching it, so a scope is replaced only once cancelled.
+        """
+        # Made after cancel_jobs() ran, this scope is not cancelled: the _cancelling
+        # check below turns whatever jobs are still handed out into requeues.
+        scope = trio.CancelScope()
         self._job_scopes.add(scope)
-        error: Exception | None = None
+        job: Job | None = None
+        started = 0.0
         try:
             with scope:
-                try:
-                    await self._registry.execute(job)
-                except Exception as exc:
-                    error = exc
+                while True:
+                    try:
+                        job = await jobs_recv.receive()
+                    except trio.EndOfChannel:
+                        return False
+                    if self._cancelling:
+                        outcome = Outcome(Kind.REQUEUE, job, 0.0)
+                    else:
+                        started = trio.current_time()
+                        scope.deadline = started + job.job_timeout
+                        error: Exception | None = None
+                        try:
+                            await self._registry.execute(job)
+                        except Exception as exc:
+                            error = exc
+                        # No checkpoint since the handler returned: the deadline cannot
+                        # have cancelled anything in between.
+                        scope.deadline = math.inf
+                        outcome = self._finished(job, trio.current_time() - started, error)
+                    await self._send_outcome(out_send, outcome)
+                    job = None
         except trio.Cancelled:
-            # serve() itself is being cancelled: put the job back before letting go.
-            with trio.CancelScope(shield=True):
-                await self._record([Outcome(Kind.REQUEUE, job, trio.current_time() - started)])
+            # serve() itself is being cancelled: put a running job back before letting go.
+            if job is not None:
+                self._slots.release()
+                with trio.CancelScope(shield=True):
+                    await self._record(
+                        [Outcome(Kind.REQUEUE, job, trio.current_time() - started)]
+                    )
             raise
         finally:
             self._job_scopes.discard(scope)
-        duration = trio.current_time() - started
-        if scope.cancelled_caught:
-            if trio.current_time() < scope.deadline:  # cancelled by shutdown, not timed out
-                return Outcome(Kind.REQUEUE, job, duration)
-            message = timeout_message(job.job_timeout)
-        elif error is not None:
-            message = error_message(error)
-        else:
+        # Our scope was cancelled: by the running job's deadline, or by shutdown (then the
+        # deadline had not passed yet). Between jobs, nothing was running.
+        if job is not None:
+            duration = trio.current_time() - started
+            if self._cancelling and trio.current_time() < scope.deadline:
+                outcome = Outcome(Kind.REQUEUE, job, duration)
+            else:
+                outcome = self._failed(job, duration, timeout_message(job.job_timeout))
+            await self._send_outcome(out_send, outcome)
+        return True
+
+    async def _send_outcome(
+        self, out_send: trio.MemorySendChannel[Outcome], outcome: Outcome
+    ) -> None:
+        """Hand the outcome to the completer (no checkpoint), or write it here if the
+        completer is gone (serve() is being cancelled)."""
+        try:
+            out_send.send_nowait(outcome)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            with trio.CancelScope(shield=True):
+                await self._record([outcome])
+        finally:
+            self._slots.release()
+
+    def _finished(self, job: Job, duration: float, error: Exception | None) -> Outcome:
+        if error is None:
             return Outcome(Kind.COMPLETE, job, duration)
+        return self._failed(job, duration, error_message(error))
+
+    def _failed(self, job: Job, duration: float, message: str) -> Outcome:
         failure = decide_failure(job, message, self._clock.now(), self._policy)
         return Outcome(Kind.FAIL, job, duration, failure)
 

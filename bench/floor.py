@@ -2,6 +2,10 @@
 
 ZPOPMIN 50 -> one claim UPDATE -> (no-op) -> one completion UPDATE, each through a worker
 thread, in one trio task. Same servers, same table, same jobs as kyu-trio's run.
+
+bench/throughput.py starts it as a worker process, in the same invocation as kyu-trio's
+workers (``python -m bench.floor QUEUE [WORKERS]``, KYU_DSN and KYU_REDIS_URL set), and
+reports kyu-trio's processed jobs/s as a fraction of this loop's.
 """
 
 from __future__ import annotations
@@ -54,4 +58,6 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit("usage: python -m bench.floor QUEUE [WORKERS]; run through bench.throughput")
     trio.run(main)
