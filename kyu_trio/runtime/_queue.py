@@ -18,7 +18,7 @@ import trio
 from .._clock import Clock, SystemClock
 from .._config import Config
 from .._errors import InvalidJobError, JobNotFound, KyuConnectionError, KyuError, NotConnectedError
-from .._ids import new_job_id
+from .._ids import new_job_ids
 from .._job import FINAL_STATES, EnqueueRequest, Job, JobStatus
 from .._ports import Broker, CancelOutcome, NewJob, Ready, Store
 from .._score import PRIORITY_MAX, PRIORITY_MIN
@@ -287,7 +287,9 @@ class Queue:
         """
         store, broker = self._require()
         now = self._clock.now()
-        new_jobs = [self._validate(item, now) for item in jobs]
+        items = list(jobs)
+        new_jobs = [self._validate(item, now, job_id)
+                    for item, job_id in zip(items, new_job_ids(len(items)), strict=True)]
         if not new_jobs:
             return []
         ready = await store.insert_jobs(new_jobs, now)
@@ -319,7 +321,9 @@ class Queue:
                 raise InvalidJobError("job_type is not valid Unicode (lone surrogates)") from None
         return job_type
 
-    def _validate(self, item: EnqueueRequest | tuple[str, str], now: datetime) -> NewJob:
+    def _validate(
+        self, item: EnqueueRequest | tuple[str, str], now: datetime, job_id: str
+    ) -> NewJob:
         if isinstance(item, tuple):
             if len(item) != 2:
                 raise InvalidJobError("each job is (job_type, payload) or an EnqueueRequest")
@@ -380,7 +384,7 @@ class Queue:
             raise InvalidJobError(f"scheduled_at {due.isoformat()} is out of range")
         status = JobStatus.PENDING if due <= now else JobStatus.SCHEDULED
         return NewJob(
-            id=new_job_id(), queue=self.config.queue_name, job_type=job_type,
+            id=job_id, queue=self.config.queue_name, job_type=job_type,
             payload=payload, priority=priority, max_retries=retries, scheduled_at=due,
             job_timeout=float(timeout), status=status,
         )

@@ -211,20 +211,18 @@ class PostgresStore:
 
             return await self._run(insert_one)
 
-        params = {
-            "ids": [j.id for j in jobs], "queues": [j.queue for j in jobs],
-            "types": [j.job_type for j in jobs], "payloads": [j.payload for j in jobs],
-            "statuses": [j.status.value for j in jobs], "priorities": [j.priority for j in jobs],
-            "due": [j.scheduled_at for j in jobs], "max_retries": [j.max_retries for j in jobs],
-            "timeouts": [j.job_timeout for j in jobs], "now": now,
-        }
-
         def insert_many(conn: psycopg.Connection[Any]) -> list[Ready]:
-            rows = conn.execute(q.INSERT_JOBS, params).fetchall()
-            return sorted(
-                (Ready(str(r[0]), r[2], r[3]) for r in rows if r[1] == "pending"),
-                key=lambda r: r.seq,
-            )
+            seqs = sorted(r[0] for r in conn.execute(q.NEXT_SEQS, (len(jobs),)))
+            # One statement: COPY writes every row or, on any error, none.
+            with conn.cursor().copy(q.COPY_JOBS) as copy:
+                for job, seq in zip(jobs, seqs, strict=True):
+                    copy.write_row((
+                        job.id, job.queue, job.job_type, job.payload, job.status.value,
+                        job.priority, seq, job.scheduled_at, job.max_retries, job.job_timeout,
+                        now, now,
+                    ))
+            return [Ready(job.id, job.priority, seq) for job, seq in zip(jobs, seqs, strict=True)
+                    if job.status is JobStatus.PENDING]
 
         return await self._run(insert_many)
 

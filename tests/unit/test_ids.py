@@ -19,3 +19,12 @@ def test_ids_are_version_7_uuids_ordered_by_creation_millisecond() -> None:
     assert len(set(later)) == len(later)
     millis = uuid.UUID(first).int >> 80
     assert abs(millis - time.time_ns() // 1_000_000) < 60_000
+
+
+def test_a_batch_of_ids_is_unique_and_well_formed() -> None:
+    from kyu_trio._ids import new_job_ids
+
+    ids = new_job_ids(5000)
+    assert len(set(ids)) == 5000
+    assert all(uuid.UUID(i).version == 7 and str(uuid.UUID(i)) == i for i in ids)
+    assert new_job_ids(0) == []
