@@ -187,8 +187,8 @@ class Broker(Protocol):
         """Pop up to ``count`` ids at once, without waiting: id -> score, lowest first."""
         ...
 
-    async def pop_wait(self, queue: str, wait: float) -> dict[str, float]:
-        """Pop one id, waiting up to ``wait`` seconds for one to arrive."""
+    async def pop_wait(self, queue: str, wait: float, count: int = 1) -> dict[str, float]:
+        """Pop up to ``count`` ids, waiting up to ``wait`` seconds for the first to arrive."""
         ...
 
     async def restore(self, queue: str, popped: dict[str, float]) -> None:

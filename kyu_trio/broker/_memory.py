@@ -47,12 +47,12 @@ class MemoryBroker:
         await trio.lowlevel.checkpoint()
         return self._pop_now(queue, count)
 
-    async def pop_wait(self, queue: str, wait: float) -> dict[str, float]:
+    async def pop_wait(self, queue: str, wait: float, count: int = 1) -> dict[str, float]:
         await trio.lowlevel.checkpoint()
         with trio.move_on_after(wait):
             while not self.sets.get(queue):
                 await self._pushed.wait()
-        return self._pop_now(queue, 1)
+        return self._pop_now(queue, count)
 
     async def restore(self, queue: str, popped: dict[str, float]) -> None:
         await trio.lowlevel.checkpoint()

@@ -172,17 +172,24 @@ class WorkerPool:
         self._fetch_scopes.append(scope)
         if self._stopping:
             scope.cancel()
+        # While pops fill every free slot the queue has a backlog: a plain pop is one
+        # round trip. Otherwise go straight to the blocking pop, which returns at once
+        # when ids are waiting, so an idle worker's pickup is a single thread call.
+        busy = True
         async with jobs_send:
             with scope:
                 while True:
                     free = await self._take_slots()
                     try:
-                        popped = await self._broker.pop(self._queue, free)
-                        if not popped and self._drain:
-                            self._release_slots(free)
-                            return
+                        popped = {}
+                        if busy or self._drain:
+                            popped = await self._broker.pop(self._queue, free)
+                            if not popped and self._drain:
+                                self._release_slots(free)
+                                return
                         if not popped:
-                            popped = await self._broker.pop_wait(self._queue, POP_WAIT)
+                            popped = await self._broker.pop_wait(self._queue, POP_WAIT, free)
+                        busy = len(popped) >= free
                     except KyuConnectionError as exc:
                         self._release_slots(free)
                         await outage.wait(exc)
@@ -192,7 +199,7 @@ class WorkerPool:
                     # after a failed claim is not: shutdown must not wait for it).
                     try:
                         with trio.CancelScope(shield=True):
-                            claimed = await self._claim_popped(popped, free)
+                            claimed = await self._claim_popped(popped)
                             for job in claimed:
                                 self._held[job.id] = Lease(job.id, job.attempt)
                                 jobs_send.send_nowait(job)  # room is guaranteed by the slots
@@ -203,16 +210,13 @@ class WorkerPool:
                     outage.recovered()
                     self._release_slots(free - len(claimed))
 
-    async def _claim_popped(self, popped: dict[str, float], free: int) -> list[Job]:
+    async def _claim_popped(self, popped: dict[str, float]) -> list[Job]:
         if not popped:
             return []
         if self._stopping:
             # Shutdown began while we were waiting in the pop: hand the ids back untouched.
             await self._restore(popped)
             return []
-        if len(popped) < free:
-            with contextlib.suppress(KyuConnectionError):  # then claim what we have
-                popped.update(await self._broker.pop(self._queue, free - len(popped)))
         return await self._claim(popped)
 
     async def _restore(self, popped: dict[str, float]) -> None:

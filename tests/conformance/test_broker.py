@@ -45,6 +45,13 @@ async def test_pop_wait_times_out_empty_and_wakes_on_push(broker: Any, queue_nam
         assert list(await broker.pop_wait(queue_name, 5)) == ["x"]
 
 
+async def test_pop_wait_takes_up_to_count_once_one_arrives(broker: Any, queue_name: str) -> None:
+    await broker.push(queue_name, [Ready(f"j{i}", 0, i) for i in range(5)])
+    assert list(await broker.pop_wait(queue_name, 5, 3)) == ["j0", "j1", "j2"]
+    assert list(await broker.pop_wait(queue_name, 5, 10)) == ["j3", "j4"]
+    assert list(await broker.pop_wait(queue_name, 0.1, 10)) == []
+
+
 async def test_remove_missing_and_epoch(broker: Any, queue_name: str) -> None:
     await broker.push(queue_name, [Ready("a", 0, 1), Ready("b", 0, 2)])
     await broker.remove(queue_name, ["a"])

@@ -313,9 +313,9 @@ async def test_retry_popped_before_it_is_due_does_not_run(
 class ThreadLikeBroker(MemoryBroker):
     """A blocking pop that, like redis-py's in a thread, finishes even when cancelled."""
 
-    async def pop_wait(self, queue: str, wait: float) -> dict[str, float]:
+    async def pop_wait(self, queue: str, wait: float, count: int = 1) -> dict[str, float]:
         with trio.CancelScope(shield=True):
-            return await super().pop_wait(queue, wait)
+            return await super().pop_wait(queue, wait, count)
 
 
 async def test_id_popped_after_shutdown_began_is_handed_back(autojump_clock: Any) -> None:
