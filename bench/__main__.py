@@ -115,6 +115,12 @@ def summary() -> str:
                      f"{throughput['kyu']['jobs_per_s']:,.0f}",
                      f"floor {throughput['floor']['jobs_per_s']:,.0f}", f"{fraction:.0%}",
                      f">= 60%: {verdict(fraction >= 0.6)}"))
+        floor_single = throughput["enqueue"].get("single_floor_per_s")
+        if floor_single:
+            ours = throughput["enqueue"]["single_enqueue_per_s"]
+            rows.append(("single enqueue jobs/s vs a bare blocking INSERT + ZADD loop "
+                         "(bench.throughput)", f"{ours:,.0f}", f"floor {floor_single:,.0f}",
+                         f"{ours / floor_single:.0%}", ""))
         rows.append(("worker CPU s per 1,000 jobs (bench.throughput)",
                      f"{throughput['kyu']['worker_cpu_s_per_1k']:.3f}",
                      f"floor {throughput['floor']['worker_cpu_s_per_1k']:.3f}", "", ""))

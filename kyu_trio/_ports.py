@@ -7,7 +7,7 @@ current state, so races between processes resolve in the store, not in Python.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -90,8 +90,16 @@ class Store(Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
 
-    async def insert_jobs(self, jobs: Sequence[NewJob], now: datetime) -> list[Ready]:
-        """Insert jobs in order; return the PENDING ones (to push) with their sequence."""
+    async def insert_jobs(
+        self, jobs: Sequence[NewJob], now: datetime,
+        after_commit: Callable[[list[Ready]], None] | None = None,
+    ) -> list[Ready]:
+        """Insert jobs in order; return the PENDING ones (to push) with their sequence.
+
+        ``after_commit`` is called with them once the rows are committed, in the same
+        worker thread call where the store uses one (so it may block, and must not
+        raise): the enqueue path pushes to the broker there, saving a thread hop.
+        """
         ...
 
     async def get_job(self, job_id: str) -> Job | None: ...
@@ -182,6 +190,11 @@ class Broker(Protocol):
     async def close(self) -> None: ...
 
     async def push(self, queue: str, entries: Sequence[Ready]) -> None: ...
+
+    def push_blocking(self, queue: str, entries: Sequence[Ready]) -> None:
+        """`push`, blocking: for a worker thread (a store's ``after_commit``), never for
+        the event loop. Raises `KyuConnectionError`."""
+        ...
 
     async def pop(self, queue: str, count: int) -> dict[str, float]:
         """Pop up to ``count`` ids at once, without waiting: id -> score, lowest first."""

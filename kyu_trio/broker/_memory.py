@@ -31,6 +31,17 @@ class MemoryBroker:
 
     async def push(self, queue: str, entries: Sequence[Ready]) -> None:
         await trio.lowlevel.checkpoint()
+        self._push_now(queue, entries)
+
+    def push_blocking(self, queue: str, entries: Sequence[Ready]) -> None:
+        try:
+            trio.lowlevel.current_task()
+        except RuntimeError:  # a worker thread (a real store's after_commit)
+            trio.from_thread.run_sync(self._push_now, queue, entries)
+        else:
+            self._push_now(queue, entries)
+
+    def _push_now(self, queue: str, entries: Sequence[Ready]) -> None:
         members = self.sets.setdefault(queue, {})
         for entry in entries:
             members[entry.id] = score(entry.priority, entry.seq)

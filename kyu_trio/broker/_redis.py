@@ -102,6 +102,17 @@ class RedisBroker:
         mapping = {e.id: score(e.priority, e.seq) for e in entries}
         await self._run(lambda r: r.zadd(queue, mapping))
 
+    def push_blocking(self, queue: str, entries: Sequence[Ready]) -> None:
+        client = self._client
+        if client is None:
+            raise KyuError("the Redis broker is not open")
+        if not entries:
+            return
+        try:
+            client.zadd(queue, {e.id: score(e.priority, e.seq) for e in entries})
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise self._connection_error(exc) from None
+
     async def pop(self, queue: str, count: int) -> dict[str, float]:
         return _popped(await self._run(lambda r: r.zpopmin(queue, count)))
 

@@ -292,7 +292,25 @@ class Queue:
                     for item, job_id in zip(items, new_job_ids(len(items)), strict=True)]
         if not new_jobs:
             return []
-        ready = await store.insert_jobs(new_jobs, now)
+        queue_name = self.config.queue_name
+        push_failed: list[KyuConnectionError] = []
+
+        def push(ready: list[Ready]) -> None:
+            # Runs in the store's thread call right after the commit: one thread hop for
+            # the whole enqueue instead of two. The rows are committed and will run even
+            # if the push fails (the reaper's sweep pushes them once Redis is back), so a
+            # failure is logged, not raised: raising would invite a duplicate enqueue.
+            try:
+                broker.push_blocking(queue_name, ready)
+            except KyuConnectionError as exc:
+                push_failed.append(exc)
+
+        ready = await store.insert_jobs(new_jobs, now, after_commit=push)
+        if push_failed:
+            self.config.logger.warning(
+                "could not push %d jobs to Redis (%s); the resync sweep will",
+                len(ready), push_failed[0],
+            )
         self.metrics.jobs_total.inc(len(new_jobs))
         log = self.config.logger
         if log.isEnabledFor(logging.DEBUG):
@@ -302,9 +320,6 @@ class Queue:
                     extra={"job_id": job.id, "job_type": job.job_type, "attempt": 0,
                            "kyu_event": "enqueued"},
                 )
-        # The rows are committed and will run even if the push fails (the reaper's sweep
-        # pushes them once Redis is back): raising would invite a duplicate enqueue.
-        await self._push_quietly(broker, self.config.queue_name, ready)
         return [j.id for j in new_jobs]
 
     def _check_job_type(self, job_type: object) -> str:

@@ -7,7 +7,7 @@ The conformance suite runs the same tests against this and `PostgresStore`.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
 import attrs
@@ -54,7 +54,10 @@ class MemoryStore:
             return None
         return job
 
-    async def insert_jobs(self, jobs: Sequence[NewJob], now: datetime) -> list[Ready]:
+    async def insert_jobs(
+        self, jobs: Sequence[NewJob], now: datetime,
+        after_commit: Callable[[list[Ready]], None] | None = None,
+    ) -> list[Ready]:
         await trio.lowlevel.checkpoint()
         ready = []
         for new in jobs:
@@ -69,6 +72,8 @@ class MemoryStore:
             self._seq[job.id] = next(self._counter)
             if job.status is JobStatus.PENDING:
                 ready.append(self._ready(job))
+        if after_commit is not None:
+            after_commit(ready)
         return ready
 
     async def get_job(self, job_id: str) -> Job | None:

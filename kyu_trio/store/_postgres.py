@@ -193,7 +193,10 @@ class PostgresStore:
             if pool is not None:
                 await trio.to_thread.run_sync(pool.close)
 
-    async def insert_jobs(self, jobs: Sequence[NewJob], now: datetime) -> list[Ready]:
+    async def insert_jobs(
+        self, jobs: Sequence[NewJob], now: datetime,
+        after_commit: Callable[[list[Ready]], None] | None = None,
+    ) -> list[Ready]:
         if len(jobs) == 1:
             job = jobs[0]
 
@@ -205,9 +208,11 @@ class PostgresStore:
                     "max_retries": job.max_retries, "job_timeout": job.job_timeout, "now": now,
                 }).fetchone()
                 assert row is not None
-                if job.status is JobStatus.PENDING:
-                    return [Ready(job.id, job.priority, row[0])]
-                return []
+                ready = [Ready(job.id, job.priority, row[0])] if (
+                    job.status is JobStatus.PENDING) else []
+                if after_commit is not None:
+                    after_commit(ready)  # autocommit: the INSERT is committed
+                return ready
 
             return await self._run(insert_one)
 
@@ -221,8 +226,11 @@ class PostgresStore:
                         job.priority, seq, job.scheduled_at, job.max_retries, job.job_timeout,
                         now, now,
                     ))
-            return [Ready(job.id, job.priority, seq) for job, seq in zip(jobs, seqs, strict=True)
-                    if job.status is JobStatus.PENDING]
+            ready = [Ready(job.id, job.priority, seq) for job, seq in zip(jobs, seqs, strict=True)
+                     if job.status is JobStatus.PENDING]
+            if after_commit is not None:
+                after_commit(ready)  # autocommit: the COPY is committed
+            return ready
 
         return await self._run(insert_many)
 

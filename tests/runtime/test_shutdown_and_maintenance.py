@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -360,3 +361,41 @@ async def test_claim_outage_backoff_does_not_delay_cancellation(
         # The popped id went back to the broker; the row is still pending.
         assert list(await harness.broker.pop(queue.config.queue_name, 5)) == [job_id]
         assert (await harness.store.get_job(job_id)).status is JobStatus.PENDING
+
+
+class DownOnPushBroker(MemoryBroker):
+    """Redis that is away when the enqueue pushes (and back afterwards)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = True
+
+    def push_blocking(self, queue: str, entries: Sequence[Ready]) -> None:
+        if self.down:
+            raise KyuConnectionError("Redis at 127.0.0.1:6379 is unreachable (test)")
+        super().push_blocking(queue, entries)
+
+
+async def test_enqueue_with_redis_away_commits_logs_and_the_sweep_pushes_later(
+    autojump_clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    harness = Harness()
+    broker = harness.broker = DownOnPushBroker()
+    queue = harness.queue(reaper_interval=10.0)
+    ran: list[str] = []
+
+    @queue.handler("t")
+    async def handle(payload: str) -> None:
+        ran.append(payload)
+
+    async with queue:
+        job_id = await queue.enqueue("t", "p")  # no exception: the row is committed
+        assert (await queue.inspect(job_id)).status is JobStatus.PENDING
+        assert await broker.size(queue.config.queue_name) == 0
+        assert "could not push 1 jobs to Redis" in caplog.text
+        broker.down = False
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(queue.serve)
+            await trio.sleep(15)  # one reaper pass: its sweep pushes the missing id
+            nursery.cancel_scope.cancel()
+    assert ran == ["p"]
