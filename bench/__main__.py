@@ -28,7 +28,7 @@ FULL: dict[str, list[str]] = {
     "dispatch": [],
     "throughput": ["--jobs", "50000", "--processes", "2", "--workers", "50"],
     "latency": ["--rates", "100", "500", "2000", "--seconds", "10"],
-    "peers": ["--jobs", "20000", "--processes", "2", "--single", "2000"],
+    "peers": ["--jobs", "20000", "--processes", "2", "--single", "2000", "--repeat", "3"],
     "scale": ["--jobs", "20000", "--processes", "1", "2", "4",
               "--history", "10000", "1000000", "5000000", "--scheduled", "100000"],
 }

@@ -19,7 +19,7 @@ import trio
 
 from kyu_trio import Config, EnqueueRequest, Queue
 
-from ._common import DSN, REDIS_URL, ROOT, machine, new_queue_name, write_results
+from ._common import DSN, REDIS_URL, RESULTS, ROOT, machine, new_queue_name, write_results
 from .throughput import cleanup
 
 TICK = 0.01  # the enqueuer sends rate * TICK jobs every 10 ms
@@ -110,6 +110,32 @@ def main() -> None:
     write_results(
         "latency", {"machine": machine(), "args": vars(args), "runs": runs}, "\n".join(lines)
     )
+    plot(runs)
+
+
+def plot(runs: list[dict[str, Any]]) -> None:
+    """bench/results/latency.png: p50/p95/p99 per rate (skipped without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("latency: matplotlib is not importable (pip install -r bench/requirements.txt);"
+              " no plot drawn")
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.25
+    for i, key in enumerate(("p50_ms", "p95_ms", "p99_ms")):
+        ax.bar([x + (i - 1) * width for x in range(len(runs))], [r[key] for r in runs],
+               width, label=key.split("_")[0])
+    ax.set_xticks(range(len(runs)), [f"{r['rate']:,}/s" for r in runs])
+    ax.set_ylabel("enqueue -> handler start (ms)")
+    ax.set_title("kyu-trio pickup latency")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "latency.png", dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
