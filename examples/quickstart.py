@@ -67,7 +67,7 @@ def make_queue() -> Queue:
         job = current_job()
         if job.retry_count == 0:
             raise ConnectionError("upstream not ready yet (first try always fails)")
-        log.info("flaky job %s succeeded on retry %d", job.id[:8], job.retry_count)
+        log.info("flaky job %s succeeded on retry %d", job.id[-8:], job.retry_count)
 
     @queue.handler("always_fails")
     async def always_fails(payload: str) -> None:
@@ -85,7 +85,7 @@ def make_queue() -> Queue:
         try:
             await call_next()
         finally:
-            log.info("%s %s ran for %.3fs", job.job_type, job.id[:8],
+            log.info("%s %s ran for %.3fs", job.job_type, job.id[-8:],
                      trio.current_time() - started)
 
     queue.use(timing)
@@ -104,8 +104,10 @@ async def wait_until_final(queue: Queue, ids: list[str]) -> list[Job]:
 
 def print_table(jobs: list[Job]) -> None:
     rows = [("id", "job_type", "status", "retry_count", "error_message")]
+    # Ids are time-ordered (their first digits are the creation time), so their last
+    # eight digits are the ones that tell jobs apart.
     rows += [
-        (job.id[:8], job.job_type, job.status.value, str(job.retry_count),
+        (job.id[-8:], job.job_type, job.status.value, str(job.retry_count),
          job.error_message or "")
         for job in jobs
     ]

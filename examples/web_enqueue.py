@@ -91,7 +91,7 @@ def make_queue() -> Queue:
     async def send_email(payload: str) -> None:
         to = json.loads(payload)["to"]
         await trio.sleep(0.05)  # talk to the mail server here
-        log.info("job %s: mail sent to %s", current_job().id[:8], to)
+        log.info("job %s: mail sent to %s", current_job().id[-8:], to)
 
     return queue
 
