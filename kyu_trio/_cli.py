@@ -881,13 +881,11 @@ def _terminate_as_interrupt() -> Iterator[None]:
 
 def _wait_for_interrupt(servers: Any) -> int:
     try:
-        while True:
-            time.sleep(0.5)
-            if not servers.running():
-                click.echo("error: a dev server exited on its own; stopping", err=True)
-                return EXIT_ERROR
+        servers.wait_for_exit()  # Ctrl-C (or SIGTERM, made one) interrupts the wait
     except KeyboardInterrupt:
         return 0
+    click.echo("error: a dev server exited on its own; stopping", err=True)
+    return EXIT_ERROR
 
 
 def _run_command(argv: list[str], env: dict[str, str]) -> int:

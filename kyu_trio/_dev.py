@@ -29,6 +29,7 @@ import os
 import platform
 import pwd
 import re
+import select
 import shutil
 import signal
 import socket
@@ -253,6 +254,39 @@ def _pg_user() -> str | None:
     )
 
 
+def _wait_for_exit(pids: list[int], timeout: float | None) -> bool:
+    """Block until one of ``pids`` has exited (True) or ``timeout`` seconds pass (False).
+
+    Where the OS has pidfds (Linux 5.3+) this sleeps in one select() until an exit, with
+    no polling. Elsewhere it checks every 50 ms (select() on nothing is the pause).
+    """
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is not None:
+        fds: list[int] = []
+        try:
+            for pid in pids:
+                try:
+                    fds.append(pidfd_open(pid))
+                except ProcessLookupError:
+                    return True
+            if any(not _pid_alive(pid) for pid in pids):
+                return True  # a zombie: exited, not yet reaped
+            ready, _, _ = select.select(fds, [], [], timeout)
+            return bool(ready)
+        except OSError:
+            pass  # pidfds not permitted here: poll instead
+        finally:
+            for fd in fds:
+                os.close(fd)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while all(_pid_alive(pid) for pid in pids):
+        left = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
+        if left <= 0:
+            return False
+        select.select([], [], [], left)
+    return True
+
+
 def _pid_alive(pid: int) -> bool:
     """The process exists and is not a zombie (a daemon's parent may never reap it)."""
     try:
@@ -451,7 +485,9 @@ class DevServers:
                         f"{'.'.join(map(str, MIN_REDIS_VERSION))} or newer (for ZMSCORE)"
                     )
                 return
-            time.sleep(0.02)
+            # Not answering yet: give it 20 ms, returning early if it exits meanwhile.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._redis.wait(0.02)
         raise DevServerError(f"Redis did not answer on 127.0.0.1:{self.redis_port}")
 
     def _redis_info(self) -> dict[str, str] | None:
@@ -470,6 +506,12 @@ class DevServers:
         if not _bulk_complete(data) or b"redis_version:" not in data:
             return None  # e.g. -LOADING while it starts
         return dict(re.findall(r"^(\w+):([^\r\n]*)", data.decode(errors="replace"), re.M))
+
+    def wait_for_exit(self, timeout: float | None = None) -> bool:
+        """Block until either server exits (True) or ``timeout`` passes (False)."""
+        pids = [p for p in (self._postmaster_pid,
+                            self._redis.pid if self._redis is not None else None) if p]
+        return _wait_for_exit(pids, timeout) if pids else True
 
     def running(self) -> bool:
         """Both servers are still up."""
@@ -513,9 +555,7 @@ class DevServers:
                 )
         if pid is None:
             return
-        deadline = time.monotonic() + STOP_TIMEOUT
-        while _pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _wait_for_exit([pid], STOP_TIMEOUT)
         if _pid_alive(pid):
             # pg_ctl could not stop it: kill the postmaster; its children follow it.
             with contextlib.suppress(ProcessLookupError):

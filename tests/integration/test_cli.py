@@ -4,6 +4,7 @@ status, and its error paths. In-process commands go through click's CliRunner; `
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import redis
 from click.testing import CliRunner, Result
 
 from kyu_trio import _dev
@@ -459,6 +461,28 @@ def test_dev_serves_until_ctrl_c() -> None:
             proc.communicate()
     assert proc.returncode == 0, err
     assert b"servers stopped" in err
+    _assert_torn_down(data_dir, pg_port, redis_port)
+
+
+@needs_dev_binaries
+def test_dev_stops_when_a_server_exits_on_its_own() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kyu_trio", "dev"], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, env=_subprocess_env({}),
+    )
+    try:
+        assert proc.stdout is not None
+        out = _read_until(proc.stdout.fileno(), b"Ctrl-C", 60).decode()
+        data_dir, pg_port, redis_port = _dev_output(out)
+        with contextlib.suppress(redis.exceptions.ConnectionError):
+            redis.Redis(port=redis_port, socket_timeout=5).shutdown(nosave=True)
+        _, err = proc.communicate(timeout=30)  # no signal: it notices the exit itself
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1, err
+    assert b"a dev server exited on its own" in err
     _assert_torn_down(data_dir, pg_port, redis_port)
 
 
