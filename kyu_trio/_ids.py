@@ -29,7 +29,3 @@ def new_job_ids(n: int) -> list[str]:
         h = f"{value | _VERSION_7 | _VARIANT:032x}"
         ids.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
     return ids
-
-
-def new_job_id() -> str:
-    return new_job_ids(1)[0]

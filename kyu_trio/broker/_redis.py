@@ -97,10 +97,9 @@ class RedisBroker:
             await trio.to_thread.run_sync(client.close)
 
     async def push(self, queue: str, entries: Sequence[Ready]) -> None:
-        if not entries:
-            return
-        mapping = {e.id: score(e.priority, e.seq) for e in entries}
-        await self._run(lambda r: r.zadd(queue, mapping))
+        if entries:
+            await trio.to_thread.run_sync(self.push_blocking, queue, entries,
+                                          limiter=self._limiter)
 
     def push_blocking(self, queue: str, entries: Sequence[Ready]) -> None:
         client = self._client

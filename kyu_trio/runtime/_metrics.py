@@ -7,7 +7,7 @@ from __future__ import annotations
 import bisect
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import trio
 from prometheus_client import (
@@ -96,36 +96,39 @@ class JobTally(Collector):
 
     def _families(self) -> Iterator[Metric]:
         created = self._created
-        processed = CounterMetricFamily("kyu_jobs_processed", "Finished runs by outcome",
-                                        labels=["status"], created=created)
-        for status, n in sorted(dict(self.processed).items()):
-            processed.add_metric([status], n, created=created)
-        yield processed
-        failures = CounterMetricFamily("kyu_job_failures", "Failed runs by job type",
-                                       labels=["job_type"], created=created)
-        for job_type, n in sorted(dict(self.failures).items()):
-            failures.add_metric([job_type], n, created=created)
-        yield failures
+        yield _counter("kyu_jobs_processed", "Finished runs by outcome", "status",
+                       self.processed, created)
+        yield _counter("kyu_job_failures", "Failed runs by job type", "job_type",
+                       self.failures, created)
         yield CounterMetricFamily("kyu_jobs_dead", "Jobs that exhausted all retries",
                                   value=self.dead, created=created)
-        retries = CounterMetricFamily("kyu_retries",
-                                      "Failed runs that were scheduled for a retry",
-                                      labels=["job_type"], created=created)
-        for job_type, n in sorted(dict(self.retries).items()):
-            retries.add_metric([job_type], n, created=created)
-        yield retries
-        duration = HistogramMetricFamily("kyu_job_duration_seconds", "Handler run time",
-                                         labels=["job_type", "status"])
-        for (job_type, status), h in sorted(dict(self.duration).items()):
-            duration.add_metric([job_type, status], *_cumulative(h, _DURATION_BUCKETS))
-            _add_created(duration, {"job_type": job_type, "status": status}, created)
-        yield duration
-        wait = HistogramMetricFamily("kyu_job_wait_seconds", "Time from due to start",
-                                     labels=["job_type"])
-        for job_type, h in sorted(dict(self.wait).items()):
-            wait.add_metric([job_type], *_cumulative(h, _WAIT_BUCKETS))
-            _add_created(wait, {"job_type": job_type}, created)
-        yield wait
+        yield _counter("kyu_retries", "Failed runs that were scheduled for a retry",
+                       "job_type", self.retries, created)
+        yield _histogram("kyu_job_duration_seconds", "Handler run time", ["job_type", "status"],
+                         dict(self.duration).items(), _DURATION_BUCKETS, created)
+        yield _histogram("kyu_job_wait_seconds", "Time from due to start", ["job_type"],
+                         (((job_type,), h) for job_type, h in dict(self.wait).items()),
+                         _WAIT_BUCKETS, created)
+
+
+def _counter(
+    name: str, doc: str, label: str, counts: dict[str, int], created: float
+) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=[label], created=created)
+    for value, n in sorted(dict(counts).items()):  # a copy: a scrape may run in a thread
+        family.add_metric([value], n, created=created)
+    return family
+
+
+def _histogram(
+    name: str, doc: str, labels: list[str], items: Iterable[tuple[tuple[str, ...], _Histogram]],
+    bounds: tuple[float, ...], created: float,
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc, labels=labels)
+    for values, h in sorted(items, key=lambda item: item[0]):
+        family.add_metric(list(values), *_cumulative(h, bounds))
+        _add_created(family, dict(zip(labels, values, strict=True)), created)
+    return family
 
 
 def _add_created(family: Metric, labels: dict[str, str], created: float) -> None:

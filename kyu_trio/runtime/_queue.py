@@ -307,10 +307,7 @@ class Queue:
 
         ready = await store.insert_jobs(new_jobs, now, after_commit=push)
         if push_failed:
-            self.config.logger.warning(
-                "could not push %d jobs to Redis (%s); the resync sweep will",
-                len(ready), push_failed[0],
-            )
+            self._push_failed(len(ready), push_failed[0])
         self.metrics.jobs_total.inc(len(new_jobs))
         log = self.config.logger
         if log.isEnabledFor(logging.DEBUG):
@@ -557,9 +554,12 @@ class Queue:
         try:
             await broker.push(queue, ready)
         except KyuConnectionError as exc:
-            self.config.logger.warning(
-                "could not push %d jobs to Redis (%s); the resync sweep will", len(ready), exc
-            )
+            self._push_failed(len(ready), exc)
+
+    def _push_failed(self, count: int, exc: KyuConnectionError) -> None:
+        self.config.logger.warning(
+            "could not push %d jobs to Redis (%s); the resync sweep will", count, exc
+        )
 
     # ---- consuming -------------------------------------------------------------------
 

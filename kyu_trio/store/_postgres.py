@@ -70,7 +70,7 @@ def _to_job(row: TupleRow) -> Job:
 _UUID_TEXT = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 
 
-def _uuids(ids: Sequence[str]) -> str:
+def _uuid_array(ids: Sequence[str]) -> str:
     """The ids as one PostgreSQL array literal, for a ``%s::uuid[]`` parameter; strings
     that are not UUIDs (a stray member of the Redis set) are skipped.
 
@@ -267,7 +267,7 @@ class PostgresStore:
             return []
 
         def claim(conn: psycopg.Connection[Any]) -> list[Job]:
-            uuids = _uuids(ids)
+            uuids = _uuid_array(ids)
             if uuids == "{}":
                 return []
             params = {"ids": uuids, "queue": queue, "worker": worker_id, "now": now}
@@ -293,7 +293,7 @@ class PostgresStore:
 
     def _lease_params(self, leases: Sequence[Lease], worker_id: str, now: datetime) -> Any:
         return {
-            "ids": _uuids([lease.id for lease in leases]),
+            "ids": _uuid_array([lease.id for lease in leases]),
             "attempts": _ints([lease.attempt for lease in leases]),
             "worker": worker_id, "now": now,
         }
@@ -393,7 +393,7 @@ class PostgresStore:
         await self._run(lambda conn: conn.execute("SELECT 1").fetchone())
 
     async def retry_jobs(self, ids: Sequence[str], now: datetime) -> list[tuple[Ready, str]]:
-        params = {"ids": _uuids(ids), "now": now}
+        params = {"ids": _uuid_array(ids), "now": now}
 
         def retry(conn: psycopg.Connection[Any]) -> list[tuple[Ready, str]]:
             rows = conn.execute(q.RETRY_JOBS, params).fetchall()
@@ -440,7 +440,7 @@ class PostgresStore:
         return await self._run(purge)
 
     async def pending_among(self, queue: str, ids: Sequence[str]) -> list[Ready]:
-        params = {"queue": queue, "ids": _uuids(ids)}
+        params = {"queue": queue, "ids": _uuid_array(ids)}
 
         def pending(conn: psycopg.Connection[Any]) -> list[Ready]:
             rows = conn.execute(q.PENDING_AMONG, params).fetchall()
