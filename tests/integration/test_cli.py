@@ -440,8 +440,10 @@ def test_dev_runs_a_command_and_tears_down() -> None:
     _assert_torn_down(*_dev_output(proc.stderr))
 
 
-@needs_dev_binaries
-def test_dev_serves_until_ctrl_c() -> None:
+@contextlib.contextmanager
+def _serving_dev() -> Iterator[tuple[subprocess.Popen[bytes], str, int, int]]:
+    """`kyu-trio dev` serving until stopped: the process, its data dir and its ports.
+    Killed on the way out if the test left it running."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "kyu_trio", "dev"], stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, env=_subprocess_env({}),
@@ -449,16 +451,21 @@ def test_dev_serves_until_ctrl_c() -> None:
     try:
         assert proc.stdout is not None
         out = _read_until(proc.stdout.fileno(), b"Ctrl-C", 60).decode()
-        data_dir, pg_port, redis_port = _dev_output(out)
+        yield (proc, *_dev_output(out))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+@needs_dev_binaries
+def test_dev_serves_until_ctrl_c() -> None:
+    with _serving_dev() as (proc, data_dir, pg_port, redis_port):
         assert Path(data_dir).is_dir()
         with psycopg.connect(f"postgresql://postgres@127.0.0.1:{pg_port}/postgres") as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0, err
     assert b"servers stopped" in err
     _assert_torn_down(data_dir, pg_port, redis_port)
@@ -466,21 +473,10 @@ def test_dev_serves_until_ctrl_c() -> None:
 
 @needs_dev_binaries
 def test_dev_stops_when_a_server_exits_on_its_own() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kyu_trio", "dev"], stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, env=_subprocess_env({}),
-    )
-    try:
-        assert proc.stdout is not None
-        out = _read_until(proc.stdout.fileno(), b"Ctrl-C", 60).decode()
-        data_dir, pg_port, redis_port = _dev_output(out)
+    with _serving_dev() as (proc, data_dir, pg_port, redis_port):
         with contextlib.suppress(redis.exceptions.ConnectionError):
             redis.Redis(port=redis_port, socket_timeout=5).shutdown(nosave=True)
         _, err = proc.communicate(timeout=30)  # no signal: it notices the exit itself
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 1, err
     assert b"a dev server exited on its own" in err
     _assert_torn_down(data_dir, pg_port, redis_port)
