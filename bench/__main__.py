@@ -106,6 +106,21 @@ def summary() -> str:
             rows.append((label, f"{ours:,.0f}", f"{best[0]} {best[1]:,.0f}", f"{ratio:.2f}x",
                          f">= {target:g}x: {verdict(ratio >= target)}" if target
                          else "reported only (not durable on return)"))
+    # Each at its own defaults, on the peers' job: the "Defaults" section of bench.peers,
+    # from its last run with or without --defaults-only.
+    runs = [r for r in (load("peers"), load("peers-defaults"))
+            if r is not None and "kyu-trio at its defaults" in r["systems"]]
+    if runs:
+        latest = max(runs, key=lambda r: r["date"])
+        when.append(f"defaults {latest['_mtime']}")
+        systems = latest["systems"]
+        ours = systems["kyu-trio at its defaults"].get("processed_jobs_per_s")
+        theirs = systems.get("pgqueuer at its defaults", {}).get("processed_jobs_per_s")
+        if ours and theirs:
+            rows.append(("processed jobs/s, kyu-trio and pgqueuer each at its defaults "
+                         "(bench.peers --defaults-only)", f"{ours:,.0f}",
+                         f"pgqueuer {theirs:,.0f}", f"{ours / theirs:.2f}x",
+                         f">= 1x: {verdict(ours >= theirs)}"))
 
     throughput = load("throughput")
     if throughput is not None:

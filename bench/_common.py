@@ -68,12 +68,12 @@ def run_workers(
     module: str,
     queue: str,
     processes: int,
-    workers: int,
+    workers: int | str,
     total: int,
     extra: list[str] | None = None,
 ) -> dict[str, float]:
-    """Start ``processes`` copies of ``python -m module``, wait until ``total`` jobs of
-    ``queue`` are completed, stop them; return wall time and CPU figures."""
+    """Start ``processes`` copies of ``python -m module QUEUE WORKERS``, wait until
+    ``total`` jobs of ``queue`` are completed, stop them; return wall time and CPU figures."""
     vacuum()
     server_cpu0 = cpu_seconds_of(("postgres",)), cpu_seconds_of(("redis-server",))
     started = time.perf_counter()

@@ -20,13 +20,21 @@ peer's own Redis database; this process polls that counter every 50 ms to see co
 That INCR is one Redis round trip per job the peers pay and kyu-trio's no-op handler does
 not (kyu-trio's completion is read from its jobs table instead).
 
+Defaults: kyu-trio and pgqueuer (the fastest peer) also run side by side with nothing tuned,
+each at its own defaults (kyu-trio: every Config default; pgqueuer: ``pgqueuer.run(main)``),
+both on the peers' job (one Redis INCR), in the same rounds: the figure kyu-trio's defaults
+are chosen by. ``--defaults-only`` runs only that pair:
+
+    .venv/bin/python -m bench.peers --defaults-only --jobs 20000 --processes 2 --repeat 3
+
 Each peer gets its own Redis database number (REDIS_DBS) and, if PostgreSQL-backed, its own
 PostgreSQL database ``kyu_peer_<name>``, created before and dropped after its run; every worker
 process is started in its own session and its whole process tree is terminated at the end.
 A peer that fails to install or run is recorded as "failed: <reason>" and the run goes on.
 
 Results: bench/results/peers.md, peers.json and peers.png (matplotlib, from
-bench/requirements.txt; installed into this interpreter's environment only if not importable).
+bench/requirements.txt; installed into this interpreter's environment only if not importable);
+with ``--defaults-only``, bench/results/peers-defaults.md and peers-defaults.json instead.
 """
 
 from __future__ import annotations
@@ -527,9 +535,10 @@ def burn_down(
     }
 
 
-def run_peer(peer: Peer, args: argparse.Namespace) -> dict[str, Any]:
+def run_peer(peer: Peer, args: argparse.Namespace, defaults: bool = False) -> dict[str, Any]:
     """One run of one peer: install (or reuse) its venv, set up its own databases, enqueue,
-    burn down, tear everything down."""
+    burn down, tear everything down. ``defaults``: its worker runs with its own defaults
+    (PEER_DEFAULTS; only the apps that honour it: pgqueuer)."""
     started = time.perf_counter()
     venv = ensure_venv(peer)
     python = str(venv / "bin" / "python")
@@ -538,6 +547,7 @@ def run_peer(peer: Peer, args: argparse.Namespace) -> dict[str, Any]:
     extra = {
         "PEER_REDIS_URL": url,
         "PEER_COUNTER_KEY": f"kyu-peer-bench:{peer.name}:{uuid.uuid4().hex}:done",
+        "PEER_DEFAULTS": "1" if defaults else "0",
     }
     ctx = Ctx(venv / "bin", 0, url, args.workers, _pool(args))
     client = claim_redis_db(url)
@@ -588,9 +598,10 @@ def run_kyu(args: argparse.Namespace) -> dict[str, Any]:
     return figures
 
 
-def run_kyu_incr(args: argparse.Namespace) -> dict[str, Any]:
+def run_kyu_incr(args: argparse.Namespace, defaults: str | None = None) -> dict[str, Any]:
     """kyu-trio with the peers' no-op (one Redis INCR per job, bench/_kyu_incr_worker.py);
-    processed jobs/s only, the enqueue side being kyu-trio's."""
+    processed jobs/s only, the enqueue side being kyu-trio's. ``defaults`` ("default" or
+    "default:N", N workers): every Config default instead of ``--workers`` and pool_size 4."""
     queue = new_queue_name("peers-incr")
     counter = f"kyu-peer-bench:kyu-incr:{uuid.uuid4().hex}:done"
     saved = {k: os.environ.get(k) for k in ("PEER_COUNTER_KEY", "PEER_REDIS_URL")}
@@ -598,7 +609,11 @@ def run_kyu_incr(args: argparse.Namespace) -> dict[str, Any]:
     try:
         trio.run(enqueue_figures, queue, args.jobs, 0)
         processed = run_workers(
-            "bench._kyu_incr_worker", queue, args.processes, args.workers, args.jobs
+            "bench._kyu_incr_worker",
+            queue,
+            args.processes,
+            defaults or args.workers,
+            args.jobs,
         )
         counted = int(redis.Redis.from_url(REDIS_URL).get(counter) or 0)
         if counted < args.jobs:
@@ -625,6 +640,47 @@ FIGURES = ("single_enqueue_per_s", "bulk_enqueue_per_s", "processed_jobs_per_s")
 KYU = "kyu-trio"
 KYU_INCR = "kyu-trio + INCR"
 KYUS = (KYU, KYU_INCR)
+KYU_DEFAULTS = "kyu-trio at its defaults"
+PGQ_DEFAULTS = "pgqueuer at its defaults"
+DEFAULTS = (KYU_DEFAULTS, PGQ_DEFAULTS)
+DEFAULTS_COMMAND = (
+    ".venv/bin/python -m bench.peers --defaults-only --jobs {jobs} --processes {processes}"
+    " --repeat {repeat}{sweep}"
+)
+
+
+def defaults_settings() -> dict[str, str]:
+    """How each system of the defaults pair runs, read from the code it runs."""
+    from kyu_trio import Config
+
+    config = Config()
+    return {
+        KYU_DEFAULTS: (
+            f"every Config default: workers={config.workers} per process, pool_size="
+            f"{config.pool_size}, ... (metrics_port=0: two processes on one host); "
+            "bench/_kyu_incr_worker.py QUEUE default"
+        ),
+        PGQ_DEFAULTS: (
+            "pgqueuer.run(main), every argument its default (batch_size=10 in "
+            f"{PEERS['pgqueuer'].pins[0]}), uvloop as `pgq run`; bench/_peers/pgqueuer_app.py"
+            " with PEER_DEFAULTS=1"
+        ),
+    }
+
+
+def sweep_name(workers: int) -> str:
+    return f"kyu-trio at its defaults but workers={workers}"
+
+
+def run_defaults(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    if name == KYU_DEFAULTS:
+        return run_kyu_incr(args, defaults="default")
+    if name == PGQ_DEFAULTS:
+        return run_peer(PEERS["pgqueuer"], args, defaults=True)
+    workers = int(name.rsplit("=", 1)[1])
+    return run_kyu_incr(args, defaults=f"default:{workers}")
+
+
 KYU_FIG = "processed_jobs_per_s"
 
 
@@ -660,12 +716,26 @@ def summarize(data: dict[str, Any]) -> str:
     args = data["args"]
     systems: dict[str, dict[str, Any]] = data["systems"]
     kyu = systems.get(KYU, {})
-    ok = [n for n, s in systems.items() if "failed" not in s and n not in KYUS]
+    ok = [n for n, s in systems.items() if "failed" not in s and n in PEERS]
     ok.sort(key=lambda n: -(systems[n].get("processed_jobs_per_s") or 0))
-    failed = [n for n, s in systems.items() if "failed" in s and n not in KYUS]
-    lines = [
+    failed = [n for n, s in systems.items() if "failed" in s and n in PEERS]
+    title = (
         f"# Peers ({args['jobs']:,} no-op jobs, {args['processes']} worker processes; single "
-        f"enqueue over {args['single']:,} jobs; median of {args['repeat']})",
+        f"enqueue over {args['single']:,} jobs; median of {args['repeat']})"
+    )
+    if args.get("defaults_only"):
+        title = "# Peers: kyu-trio and pgqueuer at their defaults"
+    lines = [title, "", *defaults_section(data)]
+    if not ok and not kyu:  # --defaults-only
+        lines += [
+            f"Machine: {data['machine']['cpus']} CPUs, Python {data['machine']['python']}, "
+            f"{data['machine']['platform']}; load average {data['load_before'][0]:.1f} before, "
+            f"{data['load_after'][0]:.1f} after (1 min). PostgreSQL and Redis on the same "
+            f"machine. Date: {data['date']}. Total run time: {data['total_seconds']:.0f} s.",
+        ]
+        return "\n".join(lines)
+    lines += [
+        "## Each system tuned alike",
         "",
         "| system | store | single enqueue jobs/s | bulk enqueue jobs/s | processed jobs/s "
         "| kyu-trio / system: single | kyu-trio / system: bulk "
@@ -749,6 +819,11 @@ def summarize(data: dict[str, Any]) -> str:
         f"{args['workers']} workers, enqueue_many in batches of {BATCH} "
         "(bench/throughput.py's workload).",
     ]
+    if incr:
+        lines.append(
+            f"- **kyu-trio + INCR**: bench/_kyu_incr_worker.py, {args['processes']} processes "
+            f"x {args['workers']} workers, pool_size 4; its async handler awaits one INCR."
+        )
     for name in PEERS:
         if name not in systems:
             continue
@@ -774,6 +849,51 @@ def summarize(data: dict[str, Any]) -> str:
         f"Reproduce: `{data['command']}`",
     ]
     return "\n".join(lines)
+
+
+def defaults_section(data: dict[str, Any]) -> list[str]:
+    """The comparison of defaults: kyu-trio's must process at least as many jobs/s."""
+    systems: dict[str, dict[str, Any]] = data["systems"]
+    if not all(name in systems for name in DEFAULTS):
+        return []
+    sweep = [sweep_name(n) for n in data["args"].get("sweep") or []]
+    args = data["args"]
+    lines = [
+        "## Defaults: kyu-trio and pgqueuer as installed, nothing tuned",
+        "",
+        f"{args['jobs']:,} jobs of one awaited Redis INCR each, {args['processes']} worker "
+        "processes per system, both systems in the same rounds (order alternating); "
+        f"median of {args['repeat']}.",
+        "",
+        "| system | settings | processed jobs/s | runs |",
+        "|---|---|---:|---|",
+    ]
+    for name in [*DEFAULTS, *sweep]:
+        system = systems[name]
+        runs = " / ".join(
+            r.get("failed") or _num(r.get(KYU_FIG)) for r in system.get("runs", [])
+        ).replace("|", "/")
+        shown = f"failed: {system['failed']}" if "failed" in system else _num(system.get(KYU_FIG))
+        settings = data["defaults"].get(name, "as kyu-trio at its defaults, but this many workers")
+        lines.append(f"| {name} | {settings} | {shown} | {runs} |")
+    ratio = _ratio(systems[KYU_DEFAULTS].get(KYU_FIG), systems[PGQ_DEFAULTS].get(KYU_FIG))
+    verdict = "n/a" if ratio is None else ("met" if ratio >= 1 else "**missed**")
+    lines += [
+        "",
+        f"kyu-trio / pgqueuer at their defaults = {_rx(ratio)} processed jobs/s "
+        f"(target >= 1x: {verdict}).",
+        "",
+        "Reproduce: `"
+        + DEFAULTS_COMMAND.format(
+            jobs=args["jobs"],
+            processes=args["processes"],
+            repeat=args["repeat"],
+            sweep=f" --sweep {','.join(map(str, args['sweep']))}" if args.get("sweep") else "",
+        )
+        + "`",
+        "",
+    ]
+    return lines
 
 
 def ensure_matplotlib() -> bool:
@@ -812,7 +932,8 @@ def plot(data: dict[str, Any], path: Path) -> None:
     systems: dict[str, dict[str, Any]] = data["systems"]
     names = sorted(systems, key=lambda n: systems[n].get("processed_jobs_per_s") or 0)
     values = [systems[n].get("processed_jobs_per_s") or 0 for n in names]
-    colors = [{KYU: "#d62728", KYU_INCR: "#ff9896"}.get(n, "#1f77b4") for n in names]
+    palette = {KYU: "#d62728", KYU_INCR: "#ff9896", KYU_DEFAULTS: "#ff7f0e"}
+    colors = [palette.get(n, "#1f77b4") for n in names]
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(names) + 1.6))
     bars = ax.barh(names, values, color=colors)
     top = max(values, default=0) or 1
@@ -864,6 +985,23 @@ def main() -> None:
         action="store_true",
         help="skip the kyu-trio run whose handler does the peers' INCR",
     )
+    parser.add_argument(
+        "--defaults-only",
+        action="store_true",
+        help="run only kyu-trio and pgqueuer, each at its own defaults",
+    )
+    parser.add_argument(
+        "--no-defaults",
+        action="store_true",
+        help="skip kyu-trio and pgqueuer at their defaults",
+    )
+    parser.add_argument(
+        "--sweep",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[],
+        metavar="N,N,...",
+        help="with the defaults: also kyu-trio at its defaults but N workers per process",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="runs per system; medians")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per phase")
     parser.add_argument("--stall", type=float, default=60, help="seconds without progress")
@@ -877,13 +1015,13 @@ def main() -> None:
     args.jobs -= args.jobs % BATCH
     if args.jobs <= 0 or args.single < 0:
         parser.error("--jobs must be at least 1000")
-    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    peers = [] if args.defaults_only else [p.strip() for p in args.peers.split(",") if p.strip()]
     unknown = [p for p in peers if p not in PEERS]
     if unknown:
         parser.error(f"unknown peers {unknown}; known: {', '.join(PEERS)}")
 
     started = time.perf_counter()
-    can_plot = ensure_matplotlib()
+    can_plot = not args.defaults_only and ensure_matplotlib()
     data: dict[str, Any] = {
         "machine": machine(),
         "command": ".venv/bin/python -m bench.peers " + shlex.join(sys.argv[1:]),
@@ -891,19 +1029,24 @@ def main() -> None:
         "args": vars(args),
         "load_before": os.getloadavg(),
         "config": {},
+        "defaults": defaults_settings(),
         "systems": {},
     }
     runs: dict[str, list[dict[str, Any]]] = {}
-    order = [] if args.no_kyu else [KYU] + ([] if args.no_kyu_incr else [KYU_INCR])
-    order += peers
+    order = [] if args.no_kyu or args.defaults_only else [KYU]
+    order += [] if args.no_kyu_incr or args.defaults_only else [KYU_INCR]
+    pair = [] if args.no_defaults else [*DEFAULTS, *map(sweep_name, args.sweep)]
     for round_ in range(args.repeat):
-        for name in order:
+        # The pair runs back to back, first one then the other first: both see the same load.
+        for name in (pair if round_ % 2 == 0 else pair[::-1]) + order + peers:
             print(f"peers: [{round_ + 1}/{args.repeat}] {name} ...", flush=True)
             try:
                 if name == KYU:
                     result = run_kyu(args)
                 elif name == KYU_INCR:
                     result = run_kyu_incr(args)
+                elif name in pair:
+                    result = run_defaults(name, args)
                 else:
                     result = run_peer(PEERS[name], args)
             except Exception as exc:  # a peer that fails is recorded, the others still run
@@ -912,7 +1055,7 @@ def main() -> None:
             runs.setdefault(name, []).append(result)
             shown = result.get("failed") or ", ".join(f"{k} {_num(result.get(k))}" for k in FIGURES)
             print(f"peers: {name}: {shown}", flush=True)
-    for name in order:
+    for name in runs:
         data["systems"][name] = median_of(runs[name])
     for name in peers:
         peer, venv = PEERS[name], VENVS / name
@@ -933,6 +1076,9 @@ def main() -> None:
             system["ratio"] = {k: _ratio(kyu.get(k), system.get(k)) for k in FIGURES}
     data["load_after"] = os.getloadavg()
     data["total_seconds"] = time.perf_counter() - started
+    if args.defaults_only:
+        write_results("peers-defaults", data, summarize(data))
+        return
     write_results("peers", data, summarize(data))
     if can_plot:
         plot(data, RESULTS / "peers.png")

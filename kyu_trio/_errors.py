@@ -30,9 +30,28 @@ class JobNotFound(KyuError, LookupError):
 
 
 class KyuConnectionError(KyuError, ConnectionError):
-    """PostgreSQL or Redis could not be reached or went away mid-call.
+    """PostgreSQL or Redis could not be reached, went away mid-call, or answered with an
+    error that should pass (`ServerError`). A worker rides these out with backoff.
 
     The message names the server as ``host:port`` and never contains a password.
+    """
+
+
+class ServerError(KyuConnectionError):
+    """PostgreSQL or Redis answered, but with an error that waiting may cure: a read-only
+    server (a replica after a failover), out of memory or disk, loading its data,
+    shutting down, a deadlock or lock timeout.
+
+    The message names the server and quotes the error's code and first line, e.g.
+    ``Redis at 10.0.0.5:6379 answered with an error: READONLY You can't write against a
+    read only replica.``
+    """
+
+
+class CommandError(KyuError):
+    """PostgreSQL or Redis refused a command for a reason that waiting will not cure:
+    missing privileges, a key of the wrong type, a value out of range, a missing table.
+    It names the server and quotes the error; fix the setting or data it points at.
     """
 
 
@@ -52,4 +71,32 @@ class UnknownJobType(KyuError, KeyError):
 
 
 class SchemaError(KyuError):
-    """The database schema is newer than this version of kyu-trio understands."""
+    """The database schema is newer than this version of kyu-trio understands, or older
+    and cannot be migrated here (a read-only server or a user without the privileges)."""
+
+
+class MetricsPortError(KyuError):
+    """The metrics endpoint cannot listen on ``metrics_host:metrics_port``: the port is
+    taken (often by another worker on the same host), needs privileges, or the host is not
+    an address of this machine. The message names host and port and the setting to change.
+    """
+
+
+class EnqueueOutcomeUnknown(KyuConnectionError):
+    """PostgreSQL went away in the middle of an enqueue, and did not come back in time to
+    say whether the jobs were written (kyu-trio retried with the same ids, which can never
+    write a job twice). ``job_ids`` are their ids: once the server is back,
+    `Queue.inspect` tells whether each exists, so the enqueue can be repeated without
+    duplicates.
+
+    Example::
+
+        try:
+            await queue.enqueue("send_email", payload)
+        except kyu_trio.EnqueueOutcomeUnknown as exc:
+            remember_to_check(exc.job_ids)
+    """
+
+    def __init__(self, message: str, job_ids: list[str]) -> None:
+        super().__init__(message)
+        self.job_ids = job_ids

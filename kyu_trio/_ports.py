@@ -93,12 +93,17 @@ class Store(Protocol):
     async def insert_jobs(
         self, jobs: Sequence[NewJob], now: datetime,
         after_commit: Callable[[list[Ready]], None] | None = None,
+        *, again: bool = False,
     ) -> list[Ready]:
         """Insert jobs in order; return the PENDING ones (to push) with their sequence.
 
         ``after_commit`` is called with them once the rows are committed, in the same
         worker thread call where the store uses one (so it may block, and must not
         raise): the enqueue path pushes to the broker there, saving a thread hop.
+
+        ``again=True`` repeats an insert whose outcome is unknown (its answer was lost):
+        rows that already exist with these ids are the earlier attempt's, and are kept,
+        not written twice; those still pending are returned (and pushed) again.
         """
         ...
 
@@ -111,7 +116,14 @@ class Store(Protocol):
     async def claim_jobs(
         self, queue: str, ids: Sequence[str], worker_id: str, now: datetime
     ) -> list[Job]:
-        """Move due, ready jobs among ``ids`` to RUNNING for this worker (attempt + 1)."""
+        """Move ready jobs among ``ids`` to RUNNING for this worker (attempt + 1): pending
+        ones whatever their ``scheduled_at`` (a producer's clock may run ahead), scheduled
+        and failed ones once due."""
+        ...
+
+    async def claimed_by(self, queue: str, ids: Sequence[str], worker_id: str) -> list[Job]:
+        """The jobs among ``ids`` that are RUNNING under ``worker_id``: what a claim whose
+        answer was lost did take."""
         ...
 
     async def complete_jobs(

@@ -7,6 +7,23 @@ from datetime import datetime, timedelta
 
 import attrs
 
+from ._config import MAX_SECONDS
+from ._errors import ConfigError
+
+
+def _max_backoff(_inst: object, _attr: object, value: object) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (0 < value <= MAX_SECONDS)
+    ):
+        raise ConfigError(f"max_backoff must be seconds > 0 and <= {MAX_SECONDS:.0f}")
+
+
+def _jitter(_inst: object, _attr: object, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 10:
+        raise ConfigError("retry jitter must be a number between 0 and 10")
+
 
 @attrs.frozen
 class RetryPolicy:
@@ -16,14 +33,16 @@ class RetryPolicy:
     ``[1, 1 + jitter]``, so jitter only ever delays a retry, never brings it forward.
     """
 
-    max_backoff: float = 3600.0
-    jitter: float = 0.0
+    max_backoff: float = attrs.field(default=3600.0, validator=_max_backoff)
+    jitter: float = attrs.field(default=0.0, validator=_jitter)
     rng: random.Random = attrs.field(factory=random.Random, eq=False, repr=False)
 
     def delay(self, retry_count: int) -> float:
         """Seconds to wait after a failure of a job that has had ``retry_count`` retries."""
-        # Cap the exponent first so a huge retry_count cannot overflow a float.
-        base = min(2.0 ** min(retry_count, 1023), self.max_backoff)
+        # Clamp the exponent first so no retry_count (huge, or negative from a damaged row)
+        # can overflow a float. With max_backoff and jitter bounded the delay stays under
+        # 11 * MAX_SECONDS (11 years), so next_due cannot overflow a datetime.
+        base = min(2.0 ** min(max(retry_count, 0), 1023), self.max_backoff)
         if self.jitter:
             base *= 1.0 + self.rng.random() * self.jitter
         return base

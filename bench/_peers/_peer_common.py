@@ -8,6 +8,8 @@ bench/peers.py:
     PEER_DSN            the peer's own PostgreSQL database (PostgreSQL-backed peers only)
     PEER_COUNTER_KEY    the Redis key every no-op job increments (unique per run)
     PEER_CONCURRENCY    the in-process concurrency the peer's worker is given
+    PEER_DEFAULTS       "1": run the worker with the peer's own defaults (PEER_CONCURRENCY
+                        ignored), for the comparison of defaults
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ REDIS_URL = os.environ.get("PEER_REDIS_URL", "redis://127.0.0.1:6379/15")
 DSN = os.environ.get("PEER_DSN", "")
 COUNTER_KEY = os.environ.get("PEER_COUNTER_KEY", "kyu-peer-bench:counter")
 CONCURRENCY = int(os.environ.get("PEER_CONCURRENCY", "10"))
+DEFAULTS = os.environ.get("PEER_DEFAULTS") == "1"
 
 # Every peer gets two queues: QUEUE is the one its workers serve; the single-enqueue figure is
 # measured on SINGLE_QUEUE, which no worker serves (as kyu-trio's "<queue>-single").

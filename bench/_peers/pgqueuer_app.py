@@ -1,7 +1,8 @@
 """pgqueuer (PostgreSQL, asyncio; asyncpg driver). Workers: ``pgqueuer.run(main,
 batch_size=PEER_CONCURRENCY)`` on uvloop, which is what `pgq run pgqueuer_app:main --batch-size
 N` runs (pgqueuer's default batch size is 10; the jobs of a batch run concurrently, with no
-global cap by default).
+global cap by default). With PEER_DEFAULTS=1, ``pgqueuer.run(main)``: every setting pgqueuer's
+own default, for bench/peers.py's comparison of defaults.
 
 Bulk enqueue: ``Queries.enqueue`` with lists, one statement per batch. Single-enqueue jobs go
 to the entrypoint ``noop_single``, which no worker registers.
@@ -64,9 +65,11 @@ async def enqueue(single: int, jobs: int, batch: int) -> dict[str, float | None]
 
 
 def worker() -> None:
+    # Left out, batch_size takes pgqueuer's own default, whatever that is in the pinned version.
+    settings = {} if pc.DEFAULTS else {"batch_size": pc.CONCURRENCY}
     try:
         import uvloop
     except ImportError:
-        asyncio.run(pgqueuer.run(main, batch_size=pc.CONCURRENCY))
+        asyncio.run(pgqueuer.run(main, **settings))
     else:
-        uvloop.run(pgqueuer.run(main, batch_size=pc.CONCURRENCY))
+        uvloop.run(pgqueuer.run(main, **settings))

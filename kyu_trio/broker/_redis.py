@@ -2,12 +2,19 @@
 
 Each queue is one sorted set keyed by the queue name, holding job ids only. redis-py's
 calls block, so each runs in a worker thread through a `trio.CapacityLimiter` sized to
-the connection pool. Nothing here is the source of truth: PostgreSQL is.
+the connection pool, and a cancelled call stops waiting for its thread. Nothing here is
+the source of truth: PostgreSQL is.
+
+No redis-py exception leaves this module: a lost connection is a `KyuConnectionError`,
+an error reply that may pass (out of memory, read-only replica, loading) a `ServerError`,
+any other refusal a `CommandError`.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from typing import Any, TypeVar
 
 import redis
@@ -15,7 +22,7 @@ import redis.exceptions
 import trio
 
 from .._dsn import mask_password, redis_address
-from .._errors import KyuConnectionError, KyuError
+from .._errors import CommandError, KyuConnectionError, KyuError, ServerError
 from .._ports import Ready
 from .._score import score
 
@@ -23,13 +30,37 @@ T = TypeVar("T")
 
 CONNECT_TIMEOUT = 5.0
 # Longer than any blocking pop we issue, so a live but idle connection never times out.
+# It also bounds how long a thread whose call was abandoned (see `_run`) can hang on a
+# server that stopped answering.
 SOCKET_TIMEOUT = 15.0
+#: How long a cancelled pop may spend putting back ids whose reply came too late.
+LATE_RESTORE_LIMIT = 2.0
+
+#: Error codes of replies that waiting may cure: a worker rides them out like a lost
+#: connection. OOM: maxmemory reached with noeviction. READONLY: a replica (after a
+#: failover). UNBLOCKED: a blocking pop cut short when its server became a replica.
+#: MISCONF: snapshots failing. LOADING: data loading after a restart. BUSY: a script
+#: running. The others are cluster and replication states that settle by themselves.
+TRANSIENT_CODES = frozenset({
+    "OOM", "READONLY", "UNBLOCKED", "MISCONF", "LOADING", "BUSY", "MASTERDOWN",
+    "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS",
+})  # fmt: skip
+
+# redis-py strips the code from the message of the errors it has a class for, and only
+# recent versions keep it as `status_code`.
+_CODE_OF: tuple[tuple[type[redis.exceptions.RedisError], str], ...] = (
+    (redis.exceptions.OutOfMemoryError, "OOM"),
+    (redis.exceptions.ReadOnlyError, "READONLY"),
+    (redis.exceptions.BusyLoadingError, "LOADING"),
+    (redis.exceptions.NoPermissionError, "NOPERM"),
+    (redis.exceptions.NoScriptError, "NOSCRIPT"),
+    (redis.exceptions.ExecAbortError, "EXECABORT"),
+)
 
 
 def marker_key(queue: str) -> str:
     # '~' is not allowed in queue names, so no queue's set can collide with a marker.
     return f"{queue}:~epoch"
-
 
 
 def _raw_reply(response: Any, **options: Any) -> Any:
@@ -40,8 +71,51 @@ def _popped(reply: Any) -> dict[str, float]:
     """ZPOPMIN's raw reply as {id: score}: pairs under RESP3, a flat list under RESP2."""
     if reply and isinstance(reply[0], list):
         return {member.decode(): float(score) for member, score in reply}
-    return {member.decode(): float(score)
-            for member, score in zip(reply[::2], reply[1::2], strict=True)}
+    return {
+        member.decode(): float(score) for member, score in zip(reply[::2], reply[1::2], strict=True)
+    }
+
+
+def _reply_text(exc: redis.exceptions.RedisError) -> tuple[str, str]:
+    """An error reply's code and its first line with the code in front, as Redis sent it."""
+    text = str(exc).strip().split("\n", 1)[0]
+    code = getattr(exc, "status_code", None) or next(
+        (c for cls, c in _CODE_OF if isinstance(exc, cls)), None
+    )
+    if code is None:
+        first = text.split(" ", 1)[0]
+        code = first if first.isalpha() and first.isupper() else ""
+    if code and not text.startswith(code):
+        text = f"{code} {text}"
+    return code, mask_password(text)
+
+
+class _Handoff:
+    """Hands a pop's result from its thread to the trio task, or, if the task stopped
+    waiting (its call was cancelled and abandoned), tells the thread to put it back:
+    popped ids are out of Redis, and nobody else would claim them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._handed: dict[str, float] | None = None
+
+    def hand_over(self, popped: dict[str, float]) -> bool:
+        """In the thread: False if the task is gone (the caller puts them back)."""
+        with self._lock:
+            if self._abandoned:
+                return False
+            self._handed = popped
+            return True
+
+    def abandon(self) -> dict[str, float]:
+        """In the task, on cancellation: what the thread handed over too late (trio drops
+        a result that arrives after the cancellation), to be put back by the task."""
+        with self._lock:
+            self._abandoned = True
+            late, self._handed = self._handed, None
+            return late or {}
+
 
 class RedisBroker:
     """Ready job ids in Redis sorted sets; lowest score pops first."""
@@ -59,19 +133,52 @@ class RedisBroker:
             f"{mask_password(str(exc)) or type(exc).__name__}"
         )
 
-    async def _run(self, fn: Callable[[redis.Redis], T]) -> T:
+    def _error(self, exc: redis.exceptions.RedisError) -> KyuError:
+        """The KyuError for a redis-py exception."""
+        if isinstance(
+            exc, redis.exceptions.AuthenticationError | redis.exceptions.AuthorizationError
+        ):
+            return KyuConnectionError(
+                f"Redis at {self._address} refused us: {mask_password(str(exc))}"
+            )
+        if isinstance(exc, redis.exceptions.ResponseError | redis.exceptions.BusyLoadingError):
+            code, text = _reply_text(exc)
+            if code in TRANSIENT_CODES:
+                return ServerError(f"Redis at {self._address} answered with an error: {text}")
+            return CommandError(f"Redis at {self._address} refused a command: {text}")
+        if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError
+                      | redis.exceptions.InvalidResponse):  # fmt: skip
+            return self._connection_error(exc)
+        # DataError and the like: what we sent was wrong before it left the process.
+        return CommandError(
+            f"Redis at {self._address}: {type(exc).__name__}: {mask_password(str(exc))}"
+        )
+
+    def _require(self) -> redis.Redis:
         client = self._client
         if client is None:
             raise KyuError("the Redis broker is not open")
+        return client
+
+    async def _run(self, fn: Callable[[redis.Redis], T]) -> T:
+        """Run ``fn`` in a worker thread. A cancelled call stops waiting at once (its
+        outcome is unknown, as with a lost connection); the thread runs on, bounded by
+        the socket timeout."""
+        client = self._require()
         try:
-            return await trio.to_thread.run_sync(fn, client, limiter=self._limiter)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            raise self._connection_error(exc) from None
+            return await trio.to_thread.run_sync(
+                fn, client, limiter=self._limiter, abandon_on_cancel=True
+            )
+        except redis.exceptions.RedisError as exc:
+            raise self._error(exc) from None
 
     async def open(self) -> None:
         pool = redis.BlockingConnectionPool.from_url(
-            self._url, max_connections=self._pool_size, timeout=30,
-            socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=SOCKET_TIMEOUT,
+            self._url,
+            max_connections=self._pool_size,
+            timeout=30,
+            socket_connect_timeout=CONNECT_TIMEOUT,
+            socket_timeout=SOCKET_TIMEOUT,
             health_check_interval=30,
         )
         client = redis.Redis(connection_pool=pool)
@@ -80,40 +187,80 @@ class RedisBroker:
         # cost more than the pop itself on the hot path.
         client.set_response_callback("ZPOPMIN", _raw_reply)
         try:
-            await trio.to_thread.run_sync(client.ping)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            await trio.to_thread.run_sync(client.close)
-            raise self._connection_error(exc) from None
-        except redis.exceptions.RedisError as exc:
-            await trio.to_thread.run_sync(client.close)
-            raise KyuConnectionError(
-                f"Redis at {self._address} refused us: {mask_password(str(exc))}"
-            ) from None
+            await trio.to_thread.run_sync(client.ping, abandon_on_cancel=True)
+        except BaseException as exc:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(client.close)
+            if not isinstance(exc, redis.exceptions.RedisError):
+                raise
+            error = self._error(exc)
+            if not isinstance(error, KyuConnectionError):  # e.g. NOPERM for PING
+                error = KyuConnectionError(
+                    f"Redis at {self._address} refused us: {_reply_text(exc)[1]}"
+                )
+            raise error from None
         self._client = client
 
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
+            # Closing only shuts sockets: it cannot hang on a server that stopped answering.
             await trio.to_thread.run_sync(client.close)
 
     async def push(self, queue: str, entries: Sequence[Ready]) -> None:
         if entries:
-            await trio.to_thread.run_sync(self.push_blocking, queue, entries,
-                                          limiter=self._limiter)
+            await trio.to_thread.run_sync(
+                self.push_blocking, queue, entries, limiter=self._limiter, abandon_on_cancel=True
+            )
 
     def push_blocking(self, queue: str, entries: Sequence[Ready]) -> None:
+        """ZADD the entries. Raises only `KyuConnectionError`: it runs right after an
+        enqueue's commit, where the rows will run anyway (the reaper's sweep pushes what
+        the broker lacks), so any failure, even a refusal, is one to log and repair."""
         client = self._client
         if client is None:
-            raise KyuError("the Redis broker is not open")
+            raise KyuConnectionError(f"Redis at {self._address}: the broker is closed")
         if not entries:
             return
         try:
             client.zadd(queue, {e.id: score(e.priority, e.seq) for e in entries})
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            raise self._connection_error(exc) from None
+        except redis.exceptions.RedisError as exc:
+            error = self._error(exc)
+            if not isinstance(error, KyuConnectionError):
+                error = ServerError(str(error))
+            raise error from None
+
+    async def _pop(
+        self, queue: str, take: Callable[[redis.Redis], dict[str, float]]
+    ) -> dict[str, float]:
+        """Run a pop; if the call is cancelled, whatever it popped goes back to the set
+        (from the thread, or from here if the result came back too late)."""
+        handoff = _Handoff()
+
+        def pop(r: redis.Redis) -> dict[str, float]:
+            popped = take(r)
+            if popped and not handoff.hand_over(popped):
+                # Only the task could claim these, and it has stopped waiting. If this
+                # fails too, the reaper's sweep pushes the pending rows again.
+                with suppress(redis.exceptions.RedisError):
+                    r.zadd(queue, popped)
+                return {}
+            return popped
+
+        try:
+            return await self._run(pop)
+        except BaseException:
+            late = handoff.abandon()
+            if late:
+                # Bounded: the sweep repairs what this misses, and a shutdown must not
+                # wait on a server that stopped answering.
+                with trio.CancelScope(shield=True) as scope, suppress(KyuError):
+                    scope.deadline = trio.current_time() + LATE_RESTORE_LIMIT
+                    await self._run(lambda r: r.zadd(queue, late))
+            raise
 
     async def pop(self, queue: str, count: int) -> dict[str, float]:
-        return _popped(await self._run(lambda r: r.zpopmin(queue, count)))
+        return await self._pop(queue, lambda r: _popped(r.zpopmin(queue, count)))
 
     async def pop_wait(self, queue: str, wait: float, count: int = 1) -> dict[str, float]:
         def wait_then_take(r: redis.Redis) -> dict[str, float]:
@@ -127,7 +274,7 @@ class RedisBroker:
                 popped.update(_popped(r.zpopmin(queue, count - 1)))
             return popped
 
-        return await self._run(wait_then_take)
+        return await self._pop(queue, wait_then_take)
 
     async def restore(self, queue: str, popped: dict[str, float]) -> None:
         if popped:

@@ -77,29 +77,32 @@ class Registry:
         except KeyError:
             raise UnknownJobType(job_type) from None
 
-    async def execute(self, job: Job) -> None:
+    async def execute(self, job: Job, threads: trio.CapacityLimiter | None = None) -> None:
         """Run ``job`` through the middleware chain and its handler, with `current_job` set.
 
         The handler is looked up inside the chain, so middleware sees unknown job types
-        fail like any other error.
+        fail like any other error. A plain ``def`` handler runs in a thread drawn through
+        ``threads`` (trio's default limiter, 40 threads, when None).
         """
         token = _current_job.set(job)
         try:
-            call: CallNext = functools.partial(self._call_handler, job)
+            call: CallNext = functools.partial(self._call_handler, job, threads)
             for mw in reversed(self.middleware):
                 call = functools.partial(mw, job, call)
             await call()
         finally:
             _current_job.reset(token)
 
-    async def _call_handler(self, job: Job) -> None:
+    async def _call_handler(self, job: Job, threads: trio.CapacityLimiter | None) -> None:
         spec = self.lookup(job.job_type)
         if spec.kind == "async":
             await spec.fn(job.payload)
         elif spec.kind == "sync":
             # A thread cannot be interrupted: on timeout or shutdown we stop waiting for it
             # and record the outcome; the thread finishes (or not) on its own.
-            await trio.to_thread.run_sync(spec.fn, job.payload, abandon_on_cancel=True)
+            await trio.to_thread.run_sync(
+                spec.fn, job.payload, abandon_on_cancel=True, limiter=threads
+            )
         else:
             import trio_asyncio
 

@@ -1,25 +1,30 @@
 """Prometheus metrics of one `Queue`, in a private registry so several queues in one
-process never clash. The names and labels of the reference (kyu) are kept, so its
-users' dashboards keep working."""
+process never clash.
+
+Every ``kyu_`` sample carries a ``queue`` label, so one Prometheus can tell queues apart
+without joining on ``kyu_info``. Each metric is either counted by this process (what its
+workers, scheduler, reaper and producers did) or sampled from the servers (the whole
+queue, the same in every process); its HELP text says which. No ``_created`` samples are
+exposed: they read like counts, and they are left out without touching prometheus-client's
+global settings, which belong to the application.
+"""
 
 from __future__ import annotations
 
 import bisect
 import logging
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import TypeVar
 
+import attrs
 import trio
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    PlatformCollector,
-    ProcessCollector,
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
 )
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.registry import Collector
-from prometheus_client.samples import Sample
 
 from .._clock import Clock
 from .._errors import KyuConnectionError
@@ -33,6 +38,105 @@ SAMPLE_LIMIT = 10.0
 _DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 _WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 
+_V = TypeVar("_V")
+
+_SAMPLED = (
+    "sampled by this process every metrics_sample_interval; absent until a sample succeeds "
+    "and after one fails (see kyu_up)"
+)
+
+#: The HELP text of every kyu_ metric: what it counts, and where.
+HELP = {
+    "kyu_jobs_enqueued": (
+        "Jobs enqueued by this process (Queue.enqueue and enqueue_many called here); jobs "
+        "enqueued by other processes are counted there, not here"
+    ),
+    "kyu_jobs_processed": (
+        "Runs that this process's workers finished and recorded, by outcome: completed; "
+        "failed (a retry is scheduled); dead (no retry left, also counting jobs this "
+        "process's reaper declared dead); requeued (put back at shutdown without spending "
+        "a retry)"
+    ),
+    "kyu_job_failures": (
+        "Runs that this process's workers recorded as failed or dead (the handler raised, "
+        "timed out or had no registered handler), by job type"
+    ),
+    "kyu_jobs_dead": (
+        "Jobs that ended dead in this process: runs with no retry left, plus jobs this "
+        "process's reaper found on a lost worker at their last try"
+    ),
+    "kyu_retries": "Failed runs of this process's workers for which a retry was scheduled, "
+    "by job type",
+    "kyu_job_duration_seconds": (
+        "Handler run time of the runs this process's workers finished and recorded, by job "
+        "type and outcome"
+    ),
+    "kyu_job_wait_seconds": (
+        "Time from when a job was due (enqueued, scheduled_at or retry time) until this "
+        "process's workers claimed it, by job type"
+    ),
+    "kyu_jobs_running": "Jobs this process's workers have claimed and not yet recorded",
+    "kyu_scheduler_promoted": (
+        "Due scheduled jobs and retries that this process's scheduler pushed to Redis"
+    ),
+    "kyu_reaper_rescued": (
+        "Jobs this process's reaper took back from lost workers (requeued, or dead when no "
+        "retry was left)"
+    ),
+    "kyu_redis_resyncs": (
+        "Times this process refilled Redis from PostgreSQL (Redis was new, flushed or "
+        "restarted empty)"
+    ),
+    "kyu_queue_depth": f"Job ids of the whole queue waiting in Redis; {_SAMPLED}",
+    "kyu_queue_lag_seconds": (
+        "Age of the whole queue's oldest due job that no worker has started, 0 when none "
+        f"waits (PostgreSQL); {_SAMPLED}"
+    ),
+    "kyu_jobs_by_status": f"Jobs of the whole queue in PostgreSQL, by status; {_SAMPLED}",
+    "kyu_up": (
+        "1 when this process's last sample of the queue (every metrics_sample_interval) "
+        f"reached PostgreSQL and Redis within {SAMPLE_LIMIT:g} s, else 0"
+    ),
+    "kyu_info": "Always 1: the kyu-trio version of this process and the queue it serves",
+}
+
+
+class Count:
+    """One counter, a plain int: every update happens on the trio thread, so it needs no
+    lock (prometheus-client's Counter takes one per update)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+
+class Level:
+    """One gauge, read from a function when scraped."""
+
+    __slots__ = ("_read",)
+
+    def __init__(self) -> None:
+        self._read: Callable[[], float] = lambda: 0
+
+    def set_function(self, read: Callable[[], float]) -> None:
+        self._read = read
+
+    def get(self) -> float:
+        return self._read()
+
+
+@attrs.frozen
+class QueueSample:
+    """One successful sample of the whole queue (Redis and PostgreSQL)."""
+
+    depth: int
+    lag: float
+    by_status: dict[str, int]
+
 
 class _Histogram:
     """Bucket counts of one label set (not cumulative; made cumulative on collection)."""
@@ -44,7 +148,7 @@ class _Histogram:
         self.sum = 0.0
 
 
-class JobTally(Collector):
+class JobTally:
     """The per-job counters and histograms, kept as plain ints and floats and turned into
     Prometheus samples only when scraped.
 
@@ -54,12 +158,11 @@ class JobTally(Collector):
     """
 
     def __init__(self) -> None:
-        self._created = time.time()  # exposition only (the `_created` samples)
         self.processed: dict[str, int] = {}
         self.failures: dict[str, int] = {}
         self.retries: dict[str, int] = {}
         self.dead = 0
-        self.duration: dict[tuple[str, str], _Histogram] = {}
+        self.duration: dict[tuple[str, ...], _Histogram] = {}  # (job_type, status)
         self.wait: dict[str, _Histogram] = {}
 
     def observe_wait(self, job_type: str, seconds: float) -> None:
@@ -88,101 +191,34 @@ class JobTally(Collector):
         self.processed["dead"] = self.processed.get("dead", 0) + dead
         self.dead += dead
 
-    def describe(self) -> Iterator[Metric]:
-        return self._families()
-
-    def collect(self) -> Iterator[Metric]:
-        return self._families()
-
-    def _families(self) -> Iterator[Metric]:
-        created = self._created
-        yield _counter("kyu_jobs_processed", "Finished runs by outcome", "status",
-                       self.processed, created)
-        yield _counter("kyu_job_failures", "Failed runs by job type", "job_type",
-                       self.failures, created)
-        yield CounterMetricFamily("kyu_jobs_dead", "Jobs that exhausted all retries",
-                                  value=self.dead, created=created)
-        yield _counter("kyu_retries", "Failed runs that were scheduled for a retry",
-                       "job_type", self.retries, created)
-        yield _histogram("kyu_job_duration_seconds", "Handler run time", ["job_type", "status"],
-                         dict(self.duration).items(), _DURATION_BUCKETS, created)
-        yield _histogram("kyu_job_wait_seconds", "Time from due to start", ["job_type"],
-                         (((job_type,), h) for job_type, h in dict(self.wait).items()),
-                         _WAIT_BUCKETS, created)
-
-
-def _counter(
-    name: str, doc: str, label: str, counts: dict[str, int], created: float
-) -> CounterMetricFamily:
-    family = CounterMetricFamily(name, doc, labels=[label], created=created)
-    for value, n in sorted(dict(counts).items()):  # a copy: a scrape may run in a thread
-        family.add_metric([value], n, created=created)
-    return family
-
-
-def _histogram(
-    name: str, doc: str, labels: list[str], items: Iterable[tuple[tuple[str, ...], _Histogram]],
-    bounds: tuple[float, ...], created: float,
-) -> HistogramMetricFamily:
-    family = HistogramMetricFamily(name, doc, labels=labels)
-    for values, h in sorted(items, key=lambda item: item[0]):
-        family.add_metric(list(values), *_cumulative(h, bounds))
-        _add_created(family, dict(zip(labels, values, strict=True)), created)
-    return family
-
-
-def _add_created(family: Metric, labels: dict[str, str], created: float) -> None:
-    # HistogramMetricFamily has no `created` argument; prometheus-client's Histogram
-    # writes one `_created` sample per label set, and so do we.
-    family.samples.append(Sample(f"{family.name}_created", labels, created))
-
-
-def _cumulative(h: _Histogram, bounds: tuple[float, ...]) -> tuple[list[tuple[str, float]], float]:
-    counts, total = list(h.counts), h.sum
-    running, buckets = 0, []
-    for bound, n in zip((*bounds, float("inf")), counts, strict=True):
-        running += n
-        # The `le` text prometheus-client writes: 0.005, 1.0, +Inf.
-        buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), float(running)))
-    return buckets, total
-
 
 class Metrics:
-    """Every metric kyu-trio exports. ``is_known`` bounds the ``job_type`` label: types
-    without a registered handler are reported as ``unknown``."""
+    """Every metric kyu-trio exports, for one queue. ``is_known`` bounds the ``job_type``
+    label: types without a registered handler are reported as ``unknown``.
+
+    Counted in this process: ``jobs_total`` (kyu_jobs_enqueued), ``tally``, ``running``,
+    ``promoted``, ``rescued``, ``resyncs``. Sampled from the servers by `Sampler`:
+    ``sample`` (None until a sample succeeds, and again after one fails).
+    """
 
     def __init__(self, queue: str, version: str, is_known: Callable[[str], bool]) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.queue = queue
+        self.version = version
         self._is_known = is_known
         self._labels: dict[str, str] = {}
-        r = self.registry
-        ProcessCollector(registry=r)
-        PlatformCollector(registry=r)
-        self.jobs_total = Counter("kyu_jobs", "Jobs ever submitted through this process",
-                                  registry=r)
+        self.jobs_total = Count()
         self.tally = JobTally()
-        r.register(self.tally)
-        self.depth = Gauge("kyu_queue_depth", "Job ids waiting in Redis", registry=r)
-        self.lag = Gauge("kyu_queue_lag_seconds", "Age of the oldest due job not yet started",
-                         registry=r)
-        self.running = Gauge("kyu_jobs_running", "Jobs running in this process", registry=r)
-        self.by_status = Gauge("kyu_jobs_by_status", "Jobs of this queue in PostgreSQL",
-                               ["status"], registry=r)
-        self.promoted = Counter("kyu_scheduler_promoted", "Due jobs pushed by the scheduler",
-                                registry=r)
-        self.rescued = Counter("kyu_reaper_rescued",
-                               "Jobs taken back from lost workers (requeued or dead)",
-                               registry=r)
-        self.resyncs = Counter("kyu_redis_resyncs", "Redis resyncs from PostgreSQL",
-                               registry=r)
-        self.up = Gauge("kyu_up", "1 while the last sample reached PostgreSQL and Redis",
-                        registry=r)
-        info = Gauge("kyu_info", "kyu-trio version and queue", ["version", "queue"], registry=r)
-        info.labels(version=version, queue=queue).set(1)
+        self.running = Level()
+        self.promoted = Count()
+        self.rescued = Count()
+        self.resyncs = Count()
+        self.sample: QueueSample | None = None
         for status in ("completed", "failed", "dead", "requeued"):
             self.tally.processed[status] = 0
-        for status in JobStatus:
-            self.by_status.labels(status=status.value)
+        self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.registry.register(self)
 
     def forget_labels(self) -> None:
         """Drop cached job type labels: the set of known job types changed."""
@@ -208,12 +244,99 @@ class Metrics:
         if dead:
             self.tally.lost(dead)
 
+    # ---- exposition (prometheus-client's Collector protocol) --------------------------
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families()
+
+    def _families(self) -> Iterator[Metric]:
+        q, t = self.queue, self.tally
+        # Copies: a scrape may run in another thread (e.g. an application's own server).
+        yield _counter("kyu_jobs_enqueued", q, {(): self.jobs_total.value})
+        yield _counter("kyu_jobs_processed", q, _keyed(t.processed), "status")
+        yield _counter("kyu_job_failures", q, _keyed(t.failures), "job_type")
+        yield _counter("kyu_jobs_dead", q, {(): t.dead})
+        yield _counter("kyu_retries", q, _keyed(t.retries), "job_type")
+        yield _histogram(
+            "kyu_job_duration_seconds", q, dict(t.duration), _DURATION_BUCKETS, "job_type", "status"
+        )
+        yield _histogram("kyu_job_wait_seconds", q, _keyed(t.wait), _WAIT_BUCKETS, "job_type")
+        yield _gauge("kyu_jobs_running", q, {(): self.running.get()})
+        yield _counter("kyu_scheduler_promoted", q, {(): self.promoted.value})
+        yield _counter("kyu_reaper_rescued", q, {(): self.rescued.value})
+        yield _counter("kyu_redis_resyncs", q, {(): self.resyncs.value})
+        sample = self.sample
+        yield _gauge("kyu_queue_depth", q, {} if sample is None else {(): sample.depth})
+        yield _gauge("kyu_queue_lag_seconds", q, {} if sample is None else {(): sample.lag})
+        yield _gauge(
+            "kyu_jobs_by_status", q, {} if sample is None else _keyed(sample.by_status), "status"
+        )
+        yield _gauge("kyu_up", q, {(): 0 if sample is None else 1})
+        yield _gauge("kyu_info", q, {(self.version,): 1}, "version")
+
+
+def _keyed(values: Mapping[str, _V]) -> dict[tuple[str, ...], _V]:
+    return {(key,): value for key, value in list(values.items())}
+
+
+def _counter(
+    name: str, queue: str, values: Mapping[tuple[str, ...], int], *labels: str
+) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, HELP[name], labels=["queue", *labels])
+    for key, value in sorted(values.items()):
+        family.add_metric([queue, *key], value)  # no `created`: no `_created` sample
+    return family
+
+
+def _gauge(
+    name: str, queue: str, values: Mapping[tuple[str, ...], float], *labels: str
+) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, HELP[name], labels=["queue", *labels])
+    for key, value in sorted(values.items()):
+        family.add_metric([queue, *key], value)
+    return family
+
+
+def _histogram(
+    name: str,
+    queue: str,
+    values: Mapping[tuple[str, ...], _Histogram],
+    bounds: tuple[float, ...],
+    *labels: str,
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, HELP[name], labels=["queue", *labels])
+    for key, h in sorted(values.items(), key=lambda item: item[0]):
+        family.add_metric([queue, *key], *_cumulative(h, bounds))
+    return family
+
+
+def _cumulative(h: _Histogram, bounds: tuple[float, ...]) -> tuple[list[tuple[str, float]], float]:
+    counts, total = list(h.counts), h.sum
+    running, buckets = 0, []
+    for bound, n in zip((*bounds, float("inf")), counts, strict=True):
+        running += n
+        # The `le` text prometheus-client writes: 0.005, 1.0, +Inf.
+        buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), float(running)))
+    return buckets, total
+
+
 class Sampler:
-    """Keeps the gauges that describe the whole queue current (depth, lag, by status)."""
+    """Samples what describes the whole queue (depth, lag, counts by status) into
+    ``Metrics.sample``; a failed sample clears it, so stale numbers are never shown."""
 
     def __init__(
-        self, *, metrics: Metrics, queue: str, store: Store, broker: Broker, clock: Clock,
-        interval: float, logger: logging.Logger,
+        self,
+        *,
+        metrics: Metrics,
+        queue: str,
+        store: Store,
+        broker: Broker,
+        clock: Clock,
+        interval: float,
+        logger: logging.Logger,
     ) -> None:
         self._metrics = metrics
         self._queue = queue
@@ -224,26 +347,28 @@ class Sampler:
         self._log = logger
 
     async def sample(self) -> None:
-        m = self._metrics
         try:
             with trio.fail_after(SAMPLE_LIMIT):
                 depth = await self._broker.size(self._queue)
                 now = self._clock.now()
                 stats = await self._store.queue_stats(self._queue, now)
         except (KyuConnectionError, trio.TooSlowError):
-            m.up.set(0)
+            self._metrics.sample = None
             return
-        m.up.set(1)
-        m.depth.set(depth)
-        for status, n in stats.counts.items():
-            m.by_status.labels(status=status.value).set(n)
-        m.lag.set(0 if stats.oldest_due is None else
-                  max((now - stats.oldest_due).total_seconds(), 0.0))
+        lag = 0.0 if stats.oldest_due is None else (now - stats.oldest_due).total_seconds()
+        self._metrics.sample = QueueSample(
+            depth=depth,
+            lag=max(lag, 0.0),
+            by_status={status.value: stats.counts.get(status, 0) for status in JobStatus},
+        )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await self.sample()
-        task_status.started()
-        while True:
-            await trio.sleep(self._interval)
+        try:
             await self.sample()
-
+            task_status.started()
+            while True:
+                await trio.sleep(self._interval)
+                await self.sample()
+        finally:
+            # Nobody samples any more: what was sampled would only grow stale.
+            self._metrics.sample = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import traceback
 from datetime import datetime
 
 import attrs
@@ -10,8 +11,11 @@ import attrs
 from .._job import Job, JobStatus
 from .._ports import Failure, Lease
 from .._retry import RetryPolicy
+from .._text import storable
 
 MAX_ERROR_BYTES = 4096
+#: Most of a failure's traceback kept for the log (its innermost frames: the end).
+MAX_TRACEBACK_BYTES = 16384
 
 
 class Kind(enum.Enum):
@@ -26,6 +30,8 @@ class Outcome:
     job: Job
     duration: float
     failure: Failure | None = None
+    #: The formatted traceback of a handler's exception (storable, bounded), for the log.
+    traceback: str | None = None
 
     @property
     def lease(self) -> Lease:
@@ -33,13 +39,29 @@ class Outcome:
 
 
 def error_message(exc: BaseException) -> str:
-    """``"<ExceptionType>: <message>"``, cut to 4 KiB of UTF-8."""
-    text = str(exc)
+    """``"<ExceptionType>: <message>"``, storable in PostgreSQL and cut to 4 KiB of UTF-8.
+
+    Never raises: an exception whose ``__str__`` fails still gets a message."""
+    try:
+        text = str(exc)
+    except Exception as str_failed:  # a user's __str__ is user code too
+        text = f"<str() of the exception raised {type(str_failed).__name__}>"
     message = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    raw = message.encode("utf-8", "replace")
-    if len(raw) > MAX_ERROR_BYTES:
-        message = raw[: MAX_ERROR_BYTES - 3].decode("utf-8", "ignore") + "..."
-    return message.replace("\x00", "\\x00")  # PostgreSQL text cannot hold NUL
+    return storable(message, MAX_ERROR_BYTES)
+
+
+def format_traceback(exc: BaseException) -> str:
+    """The formatted traceback of ``exc``, storable, keeping its last 16 KiB (where the
+    innermost frames and the message are)."""
+    try:
+        text = "".join(traceback.format_exception(exc))
+    except Exception:  # formatting calls the exception's __str__: user code
+        text = f"{type(exc).__name__} (its traceback could not be formatted)\n"
+    text = storable(text)
+    raw = text.encode("utf-8")
+    if len(raw) > MAX_TRACEBACK_BYTES:
+        text = "...\n" + raw[-MAX_TRACEBACK_BYTES:].decode("utf-8", "ignore")
+    return text
 
 
 def timeout_message(job_timeout: float) -> str:

@@ -6,6 +6,13 @@
 The fetcher never claims more jobs than there are idle workers, so a claimed job starts
 at once; the completer writes whatever outcomes have piled up in one statement per
 kind. Every write after the claim is fenced by the claim's lease (worker id + attempt).
+
+What the pool promises, whatever happens:
+- a handler's exception, of any kind but trio's own cancellation, is that job's failure;
+- an outcome is kept and retried (its job heartbeating on) until it is written; only a
+  shutdown gives up, after its deadline, and then the reaper's rescue is the result;
+- when the pool stops for any reason (shutdown, cancellation, a crash of one of its
+  tasks), every job it still holds is requeued in a shielded, bounded cleanup.
 """
 
 from __future__ import annotations
@@ -14,20 +21,29 @@ import contextlib
 import logging
 import math
 from collections import defaultdict
+from collections.abc import Iterator
 
 import attrs
 import trio
 
 from .._clock import Clock
 from .._config import Config
-from .._errors import KyuConnectionError
+from .._errors import KyuConnectionError, KyuError, ServerError
 from .._job import Job, JobStatus
-from .._ports import Broker, Lease, Store
+from .._ports import Broker, Failure, Lease, Store
 from .._retry import RetryPolicy
+from .._text import indented_block, one_line
 from ._handlers import Registry
 from ._metrics import Metrics
 from ._outage import Outage
-from ._outcomes import Kind, Outcome, decide_failure, error_message, timeout_message
+from ._outcomes import (
+    Kind,
+    Outcome,
+    decide_failure,
+    error_message,
+    format_traceback,
+    timeout_message,
+)
 
 #: How long an idle fetcher blocks in one pop; bounds how late it notices a shutdown.
 POP_WAIT = 1.0
@@ -35,9 +51,23 @@ POP_WAIT = 1.0
 FETCHERS = 2
 #: Most outcomes written in one statement.
 MAX_BATCH = 500
-#: How long a shielded cleanup write may take before we give up on it (the reaper then
-#: rescues the job).
-CLEANUP_LIMIT = 15.0
+#: Once shutdown has cancelled the running jobs (or serve() is cancelled, or crashed), how
+#: long the last outcome writes may take before we give up on them (the reaper then
+#: rescues their jobs). Bounds shutdown even when PostgreSQL hangs.
+CLEANUP_LIMIT = 3.0
+#: Stored instead of an error message the database refused.
+UNSTORABLE_MESSAGE = "(the error message could not be stored)"
+
+
+def is_cancellation(exc: BaseException) -> bool:
+    """True for trio's own cancellation, alone or as the only content of a group (a
+    handler's nursery cancelled along with its job); everything else a handler raises is
+    that job's failure."""
+    if isinstance(exc, trio.Cancelled):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(trio.Cancelled)[1] is None
+    return False
 
 
 @attrs.define
@@ -78,8 +108,15 @@ class WorkerPool:
         self._log = logger
         self._policy = RetryPolicy(config.max_backoff, config.retry_jitter)
         self._slots = trio.Semaphore(config.workers)
-        self._held: dict[str, Lease] = {}  # claimed and not yet recorded: heartbeat these
+        # One thread per worker for plain `def` handlers: with trio's default limit (40)
+        # a job could wait for a thread while its timeout runs.
+        self._threads = trio.CapacityLimiter(config.workers)
+        self._held: dict[str, Job] = {}  # claimed and not yet recorded: heartbeat these
         self._job_scopes: set[trio.CancelScope] = set()
+        # Scopes of writes and lookups that must end by the give-up time once shutdown
+        # sets it (infinite while serving: an outcome is retried until it is written).
+        self._bounded_scopes: set[trio.CancelScope] = set()
+        self._give_up_at = math.inf
         self._fetch_scopes: list[trio.CancelScope] = []
         self._stopping = False
         self._workers_done = trio.Event()
@@ -96,50 +133,80 @@ class WorkerPool:
             scope.cancel()
 
     def cancel_jobs(self) -> None:
-        """Cancel every running job now; each goes back to pending without spending a retry."""
+        """Cancel every running job now; each goes back to pending without spending a retry.
+        Outcomes not written within ``CLEANUP_LIMIT`` seconds are given up."""
         self.stop_fetching()
         self._cancelling = True
+        self._give_up_after(CLEANUP_LIMIT)
         for scope in list(self._job_scopes):
             scope.cancel()
 
     async def shutdown(self, grace: float) -> None:
         """Graceful stop: no new jobs, ``grace`` seconds for running ones, then cancel them."""
         self.stop_fetching()
+        # Outcomes waiting out a PostgreSQL outage may hold shutdown up for the grace
+        # period and the cleanup limit, not longer.
+        self._give_up_after(grace + CLEANUP_LIMIT)
         with trio.move_on_after(grace):
             await self._workers_done.wait()
         self.cancel_jobs()
 
+    def _give_up_after(self, seconds: float) -> None:
+        self._give_up_at = min(self._give_up_at, trio.current_time() + seconds)
+        for scope in self._bounded_scopes:
+            scope.deadline = self._give_up_at
+
+    @contextlib.contextmanager
+    def _until_give_up(self) -> Iterator[trio.CancelScope]:
+        """A scope that ends at the give-up time, also when shutdown sets it later."""
+        with trio.CancelScope(deadline=self._give_up_at) as scope:
+            self._bounded_scopes.add(scope)
+            try:
+                yield scope
+            finally:
+                self._bounded_scopes.discard(scope)
+
     # ---- the tasks -----------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until the fetchers stop (shutdown, or a drained broker with ``drain=True``)
+        and every outcome is written. Raises whatever a task of the pool raised unexpectedly,
+        after requeueing every job the pool still holds."""
         jobs_send, jobs_recv = trio.open_memory_channel[Job](self._config.workers)
         out_send, out_recv = trio.open_memory_channel[Outcome](math.inf)
-        async with trio.open_nursery() as outer:
-            outer.start_soon(self._heartbeat)
-            outer.start_soon(self._completer, out_recv, outer.cancel_scope)
-            async with out_send, jobs_recv:
-                try:
-                    async with trio.open_nursery() as workers, jobs_send:
-                        for _ in range(self._config.workers):
-                            workers.start_soon(self._worker, jobs_recv.clone(), out_send.clone())
-                        # Two fetchers keep a pop+claim round trip in flight while the
-                        # other hands jobs out; slots still bound what both claim.
-                        for _ in range(FETCHERS):
-                            workers.start_soon(self._fetcher, jobs_send.clone())
-                        task_status.started()
-                finally:
-                    self._workers_done.set()
-                    # Claimed jobs still waiting in the channel when the workers were
-                    # cancelled never started: put them back.
-                    leftovers = []
-                    while True:
-                        try:
-                            leftovers.append(jobs_recv.receive_nowait())
-                        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                            break
-                    if leftovers:
-                        with trio.CancelScope(shield=True):
-                            await self._record([Outcome(Kind.REQUEUE, j, 0.0) for j in leftovers])
+        all_written = trio.Event()
+        try:
+            async with trio.open_nursery() as outer:
+                outer.start_soon(self._heartbeat)
+                outer.start_soon(self._completer, out_recv, all_written)
+                async with out_send, jobs_recv:
+                    try:
+                        async with trio.open_nursery() as workers, jobs_send:
+                            for _ in range(self._config.workers):
+                                workers.start_soon(
+                                    self._worker, jobs_recv.clone(), out_send.clone()
+                                )
+                            # Two fetchers keep a pop+claim round trip in flight while the
+                            # other hands jobs out; slots still bound what both claim.
+                            for _ in range(FETCHERS):
+                                workers.start_soon(self._fetcher, jobs_send.clone())
+                            task_status.started()
+                    finally:
+                        self._workers_done.set()
+                # Every worker has handed over its last outcome (closing our end of the
+                # channel): wait until the completer has written them, then stop the
+                # heartbeat. Nothing else ends this nursery early, so an exception raised
+                # by any of its tasks reaches our caller instead of being cancelled away.
+                await all_written.wait()
+                outer.cancel_scope.cancel()
+        finally:
+            # Claimed jobs whose outcome is not written: never started (still in the
+            # channel when the workers stopped), or left by a crash. Put them back.
+            if self._held:
+                self._give_up_after(CLEANUP_LIMIT)
+                leftovers = [Outcome(Kind.REQUEUE, job, 0.0) for job in self._held.values()]
+                with trio.CancelScope(shield=True):
+                    await self._record(leftovers)
 
     async def _take_slots(self) -> int:
         await self._slots.acquire()
@@ -197,43 +264,56 @@ class WorkerPool:
                     # The ids are out of the broker now: from here on a cancellation must
                     # not lose them, so the claim and hand-off are shielded (the backoff
                     # after a failed claim is not: shutdown must not wait for it).
-                    try:
-                        with trio.CancelScope(shield=True):
-                            claimed = await self._claim_popped(popped)
-                            for job in claimed:
-                                self._held[job.id] = Lease(job.id, job.attempt)
-                                jobs_send.send_nowait(job)  # room is guaranteed by the slots
-                    except KyuConnectionError as exc:
+                    unknown: KyuConnectionError | None = None
+                    refused: ServerError | None = None
+                    with trio.CancelScope(shield=True):
+                        try:
+                            claimed = await self._claim_popped(popped, outage)
+                        except ServerError as exc:
+                            # An error reply: nothing was committed, the ids go back.
+                            await self._restore(popped)
+                            claimed, refused = [], exc
+                        except KyuConnectionError as exc:
+                            claimed, unknown = [], exc
+                        self._hand_out(claimed, jobs_send)
+                    if refused is not None:
                         self._release_slots(free)
-                        await outage.wait(exc)
+                        await outage.wait(refused)
                         continue
-                    outage.recovered()
+                    if unknown is not None:
+                        claimed = await self._resolve_claim(popped, unknown, outage)
+                        self._hand_out(claimed, jobs_send)
                     self._release_slots(free - len(claimed))
 
-    async def _claim_popped(self, popped: dict[str, float]) -> list[Job]:
+    def _hand_out(self, claimed: list[Job], jobs_send: trio.MemorySendChannel[Job]) -> None:
+        for job in claimed:
+            self._held[job.id] = job
+            jobs_send.send_nowait(job)  # room is guaranteed by the slots
+
+    async def _claim_popped(self, popped: dict[str, float], outage: Outage) -> list[Job]:
         if not popped:
             return []
         if self._stopping:
             # Shutdown began while we were waiting in the pop: hand the ids back untouched.
             await self._restore(popped)
             return []
-        return await self._claim(popped)
+        return await self._claim(popped, outage)
 
     async def _restore(self, popped: dict[str, float]) -> None:
         # If even this fails, the reaper's sweep pushes pending rows the broker lacks.
         with contextlib.suppress(KyuConnectionError):
             await self._broker.restore(self._queue, popped)
 
-    async def _claim(self, popped: dict[str, float]) -> list[Job]:
-        try:
-            claimed = await self._store.claim_jobs(
-                self._queue, list(popped), self._worker_id, self._clock.now()
-            )
-        except KyuConnectionError:
-            # The store is away: give the ids back to the broker so nothing waits for the
-            # reaper's sweep; the fetcher backs off before its next pop.
-            await self._restore(popped)
-            raise
+    async def _claim(self, popped: dict[str, float], outage: Outage) -> list[Job]:
+        """Claim the popped ids. Raises `KyuConnectionError` when the outcome is unknown."""
+        # Ids the claim does not take are dropped: their rows are not pending (another
+        # worker holds them, or they finished, were cancelled, or wait for a retry that
+        # the scheduler will push when due). A pending row is always claimable, whatever
+        # its scheduled_at says: it is due by definition, whichever clock wrote it.
+        claimed = await self._store.claim_jobs(
+            self._queue, list(popped), self._worker_id, self._clock.now()
+        )
+        outage.recovered()
         self.stats.claimed += len(claimed)
         if self._metrics is not None:
             now = self._clock.now()
@@ -246,6 +326,48 @@ class WorkerPool:
                     extra={"job_id": job.id, "job_type": job.job_type, "attempt": job.attempt,
                            "kyu_event": "claimed"},
                 )
+        return claimed
+
+    async def _resolve_claim(
+        self, popped: dict[str, float], exc: KyuConnectionError, outage: Outage
+    ) -> list[Job]:
+        """A claim failed with its outcome unknown: PostgreSQL may have committed it and
+        only the answer been lost. Find out which rows it took (they are ``running`` under
+        our worker id) and run those; give the others back to the broker. Giving them all
+        back would leave the taken rows ``running`` with no runner, until the reaper
+        spent a retry on a job that never ran.
+
+        Not shielded: shutdown or cancellation stops the search, and then every id goes
+        back (a row the lost claim did take is refused by the next claim and rescued by
+        the reaper)."""
+        try:
+            while True:
+                await trio.sleep(outage.failed(exc))
+                try:
+                    claimed = await self._store.claimed_by(
+                        self._queue, list(popped), self._worker_id
+                    )
+                    break
+                except KyuConnectionError as again:
+                    exc = again
+        except trio.Cancelled:
+            with trio.CancelScope(shield=True):
+                self._log.warning(
+                    "stopping before learning whether a claim of %d jobs was committed: "
+                    "their ids go back to Redis (the reaper rescues any it took)", len(popped),
+                )
+                await self._restore(popped)
+            raise
+        outage.recovered()
+        taken = {job.id for job in claimed}
+        # Shielded: from here the taken rows are ours and must reach the workers.
+        with trio.CancelScope(shield=True):
+            await self._restore({i: s for i, s in popped.items() if i not in taken})
+        if claimed:
+            self._log.warning(
+                "a claim's answer was lost, but PostgreSQL had committed it: running its "
+                "%d jobs", len(claimed),
+            )
         return claimed
 
     async def _worker(
@@ -287,10 +409,15 @@ class WorkerPool:
                     else:
                         started = trio.current_time()
                         scope.deadline = started + job.job_timeout
-                        error: Exception | None = None
+                        error: BaseException | None = None
                         try:
-                            await self._registry.execute(job)
-                        except Exception as exc:
+                            await self._registry.execute(job, self._threads)
+                        except BaseException as exc:
+                            # SystemExit from a library's sys.exit(), KeyboardInterrupt or
+                            # GeneratorExit raised by the handler's code are its failure
+                            # too; only trio's cancellation (timeout, shutdown) is ours.
+                            if is_cancellation(exc):
+                                raise
                             error = exc
                         # No checkpoint since the handler returned: the deadline cannot
                         # have cancelled anything in between.
@@ -302,6 +429,7 @@ class WorkerPool:
             # serve() itself is being cancelled: put a running job back before letting go.
             if job is not None:
                 self._slots.release()
+                self._give_up_after(CLEANUP_LIMIT)
                 with trio.CancelScope(shield=True):
                     await self._record(
                         [Outcome(Kind.REQUEUE, job, trio.current_time() - started)]
@@ -333,29 +461,37 @@ class WorkerPool:
         finally:
             self._slots.release()
 
-    def _finished(self, job: Job, duration: float, error: Exception | None) -> Outcome:
+    def _finished(self, job: Job, duration: float, error: BaseException | None) -> Outcome:
         if error is None:
             return Outcome(Kind.COMPLETE, job, duration)
-        return self._failed(job, duration, error_message(error))
+        return self._failed(job, duration, error_message(error), format_traceback(error))
 
-    def _failed(self, job: Job, duration: float, message: str) -> Outcome:
+    def _failed(
+        self, job: Job, duration: float, message: str, traceback: str | None = None
+    ) -> Outcome:
         failure = decide_failure(job, message, self._clock.now(), self._policy)
-        return Outcome(Kind.FAIL, job, duration, failure)
+        return Outcome(Kind.FAIL, job, duration, failure, traceback)
 
     async def _completer(
-        self, out_recv: trio.MemoryReceiveChannel[Outcome], done: trio.CancelScope
+        self, out_recv: trio.MemoryReceiveChannel[Outcome], all_written: trio.Event
     ) -> None:
         async with out_recv:
             while True:
                 try:
                     batch = [await out_recv.receive()]
                 except trio.EndOfChannel:
-                    done.cancel()  # every outcome is written: the heartbeat can stop
+                    all_written.set()
                     return
                 except trio.Cancelled:
-                    # serve() is being cancelled: write what is already waiting, then go.
+                    # serve() is being cancelled or a task crashed: write what is waiting,
+                    # including what workers hand over while we write, then close the
+                    # channel with no checkpoint in between, so that a later outcome finds
+                    # it closed and its worker writes it itself.
+                    self._give_up_after(CLEANUP_LIMIT)
                     with trio.CancelScope(shield=True):
-                        await self._record(self._drain_nowait(out_recv, []))
+                        while batch := self._drain_nowait(out_recv, []):
+                            await self._record(batch)
+                        out_recv.close()
                     raise
                 # A partly written batch would be unknowable, so each flush is shielded.
                 with trio.CancelScope(shield=True):
@@ -373,44 +509,97 @@ class WorkerPool:
         return batch
 
     async def _record(self, outcomes: list[Outcome]) -> None:
-        """Write outcomes, one statement per kind. Must run shielded. Retries through a
-        short outage; past ``CLEANUP_LIMIT`` it gives the jobs up to the reaper."""
+        """Write outcomes, one statement per kind. Must run shielded.
+
+        Retries through an outage for as long as it lasts: the process is alive, so its
+        jobs keep their heartbeat and are not rescued. Only once shutdown has set the
+        give-up time does it stop trying; the reaper then rescues those jobs."""
         if not outcomes:
             return
-        by_kind: dict[Kind, list[Outcome]] = defaultdict(list)
+        unwritten: dict[Kind, list[Outcome]] = defaultdict(list)
         for outcome in outcomes:
-            by_kind[outcome.kind].append(outcome)
-        with trio.move_on_after(CLEANUP_LIMIT) as limit:
-            while True:
+            unwritten[outcome.kind].append(outcome)
+        unanswered = False
+        with self._until_give_up():
+            while unwritten:
+                unanswered = True
                 try:
-                    await self._write(by_kind)
-                    self._record_outage.recovered()
-                    break
+                    await self._write(unwritten)
                 except KyuConnectionError as exc:
+                    unanswered = False
                     await self._record_outage.wait(exc)
-        if limit.cancelled_caught:
-            self._log.error(
-                "gave up recording %d outcomes; the reaper will rescue their jobs",
-                len(outcomes),
-            )
+                else:
+                    self._record_outage.recovered()
+        if unwritten:
+            count = sum(len(o) for o in unwritten.values())
+            if unanswered:
+                self._log.error(
+                    "shutting down: PostgreSQL did not answer a write of %d outcomes in time; "
+                    "they may or may not be recorded, and the reaper rescues any job whose "
+                    "outcome is not", count,
+                )
+            else:
+                self._log.error(
+                    "shutting down: could not record %d outcomes (PostgreSQL unreachable); "
+                    "the reaper rescues their jobs", count,
+                )
         for outcome in outcomes:
             self._held.pop(outcome.job.id, None)
 
-    async def _write(self, by_kind: dict[Kind, list[Outcome]]) -> None:
-        """Write each kind of outcome; a kind leaves ``by_kind`` only once it is written,
-        so a retry after a failed write writes exactly what is still missing."""
+    async def _write(self, unwritten: dict[Kind, list[Outcome]]) -> None:
+        """Write each kind of outcome; an outcome leaves ``unwritten`` once written, so a
+        retry after a lost connection writes exactly what is still missing."""
+        for kind in (Kind.COMPLETE, Kind.FAIL, Kind.REQUEUE):
+            if kind in unwritten:
+                await self._write_kind(kind, unwritten[kind])
+                del unwritten[kind]
+
+    async def _write_kind(self, kind: Kind, outcomes: list[Outcome]) -> None:
+        """Write ``outcomes`` (emptying the list) in one statement. An outcome the database
+        refuses must not keep the others of its batch unwritten: on such an error they are
+        written one by one, and the refused one is dealt with on its own."""
+        try:
+            await self._write_batch(kind, outcomes)
+        except KyuConnectionError:
+            raise
+        except (KyuError, ValueError) as exc:  # the database refused it (not a bug of ours)
+            if len(outcomes) == 1:
+                await self._write_refused(outcomes[0], exc)
+            else:
+                while outcomes:
+                    await self._write_kind(kind, [outcomes[0]])
+                    del outcomes[0]
+        outcomes.clear()
+
+    async def _write_refused(self, outcome: Outcome, exc: KyuError | ValueError) -> None:
+        job = outcome.job
+        if outcome.failure is not None and outcome.failure.error_message != UNSTORABLE_MESSAGE:
+            failure = attrs.evolve(outcome.failure, error_message=UNSTORABLE_MESSAGE)
+            self._log.error(
+                "job %s: PostgreSQL refused its error message (%s); storing a placeholder",
+                job.id, one_line(error_message(exc)),
+            )
+            await self._write_kind(Kind.FAIL, [attrs.evolve(outcome, failure=failure)])
+            return
+        # Not a fault of this process's connection, and not ours to retry forever: leave
+        # the job to the reaper (its lease lapses) and say so loudly.
+        self._log.error(
+            "job %s: PostgreSQL refused its outcome (%s); the reaper will rescue it",
+            job.id, outcome.kind.value, exc_info=exc,
+        )
+
+    async def _write_batch(self, kind: Kind, outcomes: list[Outcome]) -> None:
         now = self._clock.now()
-        if done := by_kind.get(Kind.COMPLETE):
-            await self._store.complete_jobs([o.lease for o in done], self._worker_id, now)
-            del by_kind[Kind.COMPLETE]
-            self.stats.completed += len(done)
-            for o in done:
+        leases = [o.lease for o in outcomes]
+        if kind is Kind.COMPLETE:
+            await self._store.complete_jobs(leases, self._worker_id, now)
+            self.stats.completed += len(outcomes)
+            for o in outcomes:
                 self._log_outcome(o, "completed", logging.DEBUG)
-        if failed := by_kind.get(Kind.FAIL):
-            failures = [o.failure for o in failed if o.failure is not None]
+        elif kind is Kind.FAIL:
+            failures: list[Failure] = [o.failure for o in outcomes if o.failure is not None]
             await self._store.fail_jobs(failures, self._worker_id, now)
-            del by_kind[Kind.FAIL]
-            for o in failed:
+            for o in outcomes:
                 assert o.failure is not None
                 if o.failure.status is JobStatus.DEAD:
                     self.stats.dead += 1
@@ -418,13 +607,10 @@ class WorkerPool:
                 else:
                     self.stats.failed += 1
                     self._log_outcome(o, "failed", logging.WARNING)
-        if requeue := by_kind.get(Kind.REQUEUE):
-            ready = await self._store.requeue_jobs(
-                [o.lease for o in requeue], self._worker_id, now
-            )
-            del by_kind[Kind.REQUEUE]
-            self.stats.requeued += len(requeue)
-            for o in requeue:
+        else:
+            ready = await self._store.requeue_jobs(leases, self._worker_id, now)
+            self.stats.requeued += len(outcomes)
+            for o in outcomes:
                 self._log_outcome(o, "requeued", logging.WARNING)
             try:
                 await self._broker.push(self._queue, ready)
@@ -445,17 +631,25 @@ class WorkerPool:
         job = outcome.job
         extra = {"job_id": job.id, "job_type": job.job_type, "attempt": job.attempt,
                  "duration": round(outcome.duration, 6), "kyu_event": event}
+        error = ""
         if outcome.failure is not None:
             extra["error"] = outcome.failure.error_message
+            # User text: escaped, so that it cannot forge log lines.
+            error = ": " + one_line(outcome.failure.error_message)
         # Payloads often hold personal data: only with Config.log_payloads=True.
         payload = ""
         if self._config.log_payloads:
             extra["payload"] = job.payload
             payload = f" payload={job.payload[:200]!r}"
+        # A failed run's traceback, so that its cause is found without reproducing it;
+        # every line indented and escaped (the message in it is user text).
+        traceback = ""
+        if outcome.traceback is not None:
+            extra["traceback"] = outcome.traceback
+            traceback = "\n" + indented_block(outcome.traceback)
         self._log.log(
-            level, "job %s %s (type=%s attempt=%d %.3fs)%s%s", job.id, event, job.job_type,
-            job.attempt, outcome.duration, payload,
-            f": {outcome.failure.error_message}" if outcome.failure else "", extra=extra,
+            level, "job %s %s (type=%s attempt=%d %.3fs)%s%s%s", job.id, event, job.job_type,
+            job.attempt, outcome.duration, payload, error, traceback, extra=extra,
         )
 
     async def _heartbeat(self) -> None:
@@ -464,10 +658,9 @@ class WorkerPool:
             await trio.sleep(self._config.heartbeat_interval)
             if not self._held:
                 continue
+            leases = [Lease(job.id, job.attempt) for job in self._held.values()]
             try:
-                await self._store.heartbeat(
-                    list(self._held.values()), self._worker_id, self._clock.now()
-                )
+                await self._store.heartbeat(leases, self._worker_id, self._clock.now())
                 outage.recovered()
             except KyuConnectionError as exc:
                 outage.failed(exc)

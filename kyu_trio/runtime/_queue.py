@@ -11,13 +11,22 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TypeVar
 
 import trio
 
 from .._clock import Clock, SystemClock
-from .._config import Config
-from .._errors import InvalidJobError, JobNotFound, KyuConnectionError, KyuError, NotConnectedError
+from .._config import Config, shown
+from .._errors import (
+    EnqueueOutcomeUnknown,
+    InvalidJobError,
+    JobNotFound,
+    KyuConnectionError,
+    KyuError,
+    NotConnectedError,
+    ServerError,
+)
 from .._ids import new_job_ids
 from .._job import FINAL_STATES, EnqueueRequest, Job, JobStatus
 from .._ports import Broker, CancelOutcome, NewJob, Ready, Store
@@ -25,7 +34,7 @@ from .._score import PRIORITY_MAX, PRIORITY_MIN
 from .._stats import Stats
 from .._version import __version__
 from ._handlers import Handler, HandlerSpec, Middleware, Registry, handler_kind
-from ._http import Response, Route, serve_http
+from ._http import Response, Route, open_http_listeners, serve_http
 from ._metrics import Metrics, Sampler
 from ._pool import WorkerPool
 from ._reaper import Reaper
@@ -36,13 +45,40 @@ H = TypeVar("H", bound=Handler)
 MAX_JOB_TYPE_LENGTH = 200
 MAX_RETRIES_LIMIT = 2**31 - 1
 READY_CHECK_LIMIT = 2.0
+#: How long enqueue repeats an insert whose answer was lost before it gives up.
+ENQUEUE_RETRY_LIMIT = 5.0
 #: Longest job_timeout: PostgreSQL interval arithmetic must stay far from overflow.
 MAX_JOB_TIMEOUT = 366 * 24 * 3600.0
 
 
-def _check_limit(limit: object) -> None:
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise KyuError(f"limit must be an int >= 1, got {limit!r}")
+def _check_limit(limit: object, at_most: int = 1_000_000) -> None:
+    # Bounded: past 2**63 PostgreSQL answers NumericValueOutOfRange, and long before that
+    # a list would not fit in memory.
+
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= at_most:
+        raise KyuError(f"limit must be an int from 1 to {at_most}, got {shown(limit)}")
+
+
+def _crash(exc: BaseException) -> BaseException | None:
+    """What serve() should raise for ``exc``: None for a plain cancellation (and for
+    KeyboardInterrupt, which is Ctrl-C), the single error when a task group holds just one
+    besides cancellations, else the group."""
+    if isinstance(exc, trio.Cancelled | KeyboardInterrupt):
+        return None
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    _, rest = exc.split(trio.Cancelled)
+    if rest is None:
+        return None
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [rest]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, BaseExceptionGroup):
+            stack.extend(item.exceptions)
+        else:
+            leaves.append(item)
+    return leaves[0] if len(leaves) == 1 else rest
 
 
 def _parse_id(job_id: object) -> str:
@@ -305,7 +341,12 @@ class Queue:
             except KyuConnectionError as exc:
                 push_failed.append(exc)
 
-        ready = await store.insert_jobs(new_jobs, now, after_commit=push)
+        try:
+            ready = await store.insert_jobs(new_jobs, now, after_commit=push)
+        except ServerError:
+            raise  # an error reply: nothing was written
+        except KyuConnectionError as exc:
+            ready = await self._insert_again(store, new_jobs, now, push, exc)
         if push_failed:
             self._push_failed(len(ready), push_failed[0])
         self.metrics.jobs_total.inc(len(new_jobs))
@@ -319,12 +360,44 @@ class Queue:
                 )
         return [j.id for j in new_jobs]
 
+    async def _insert_again(
+        self, store: Store, new_jobs: list[NewJob], now: datetime,
+        push: Callable[[list[Ready]], None], exc: KyuConnectionError,
+    ) -> list[Ready]:
+        """The insert failed with its outcome unknown: PostgreSQL may have committed it and
+        only the answer been lost. Repeat it with the same ids (which never writes a row
+        twice) until it is known, for up to ``ENQUEUE_RETRY_LIMIT`` seconds."""
+        ids = [job.id for job in new_jobs]
+        delay = 0.05
+        with trio.move_on_after(ENQUEUE_RETRY_LIMIT):
+            while True:
+                await trio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                try:
+                    return await store.insert_jobs(new_jobs, now, after_commit=push, again=True)
+                except KyuConnectionError as again:
+                    exc = again
+        listed = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+        raise EnqueueOutcomeUnknown(
+            f"{exc} (whether the enqueue of {len(ids)} jobs was written is unknown: check "
+            f"job {listed} with inspect() once the server is back)", ids,
+        ) from None
+
     def _check_job_type(self, job_type: object) -> str:
         if not isinstance(job_type, str) or not job_type.strip():
-            raise InvalidJobError(f"job_type must be a non-empty str, got {job_type!r}")
-        if len(job_type) > MAX_JOB_TYPE_LENGTH or "\x00" in job_type:
+
+            raise InvalidJobError(f"job_type must be a non-empty str, got {shown(job_type, 80)}")
+        if len(job_type) > MAX_JOB_TYPE_LENGTH:
+            raise InvalidJobError(f"job_type must be at most {MAX_JOB_TYPE_LENGTH} characters")
+        # Job types go into log lines, metric labels and terminals: a control character
+        # (C0 with NUL, CR and LF, DEL, C1 with NEL) or a line/paragraph separator could
+        # forge a log line or a terminal command.
+        bad = next((c for c in job_type if c in "\u2028\u2029" or not (
+            " " <= c < "\x7f" or c > "\x9f")), None)
+        if bad is not None:
             raise InvalidJobError(
-                f"job_type must be at most {MAX_JOB_TYPE_LENGTH} characters, without NUL"
+                f"job_type must not contain control characters, got {job_type!r:.80} "
+                f"(with {bad!r})"
             )
         if not job_type.isascii():
             try:
@@ -342,6 +415,7 @@ class Queue:
             item = EnqueueRequest(*item)
         elif not isinstance(item, EnqueueRequest):
             raise InvalidJobError("each job is (job_type, payload) or an EnqueueRequest")
+
         job_type = self._check_job_type(item.job_type)
         payload = item.payload
         if not isinstance(payload, str):
@@ -365,13 +439,16 @@ class Queue:
             PRIORITY_MIN <= priority <= PRIORITY_MAX
         ):
             raise InvalidJobError(
-                f"priority must be an int from {PRIORITY_MIN} to {PRIORITY_MAX}, got {priority!r}"
+                f"priority must be an int from {PRIORITY_MIN} to {PRIORITY_MAX}, "
+                f"got {shown(priority)}"
             )
         retries = item.max_retries
         if isinstance(retries, bool) or not isinstance(retries, int) or not (
             0 <= retries <= MAX_RETRIES_LIMIT
         ):
-            raise InvalidJobError(f"max_retries must be an int >= 0, got {retries!r}")
+            raise InvalidJobError(
+                f"max_retries must be an int from 0 to {MAX_RETRIES_LIMIT}, got {shown(retries)}"
+            )
         timeout = item.job_timeout
         if timeout is None:
             timeout = self.config.default_job_timeout
@@ -380,7 +457,7 @@ class Queue:
         ):
             raise InvalidJobError(
                 f"job_timeout must be a number of seconds > 0 and at most {MAX_JOB_TIMEOUT:g} "
-                f"(a year), got {timeout!r:.60}"
+                f"(a year), got {shown(timeout)}"
             )
         due = item.scheduled_at
         if due is None:
@@ -393,7 +470,10 @@ class Queue:
             )
         elif not (datetime(1970, 1, 1, tzinfo=due.tzinfo) <= due
                   <= datetime(9999, 1, 1, tzinfo=due.tzinfo)):
-            raise InvalidJobError(f"scheduled_at {due.isoformat()} is out of range")
+            raise InvalidJobError(
+                f"scheduled_at {due.isoformat()} is out of range: use a time from 1970-01-01 "
+                "to 9999-01-01"
+            )
         status = JobStatus.PENDING if due <= now else JobStatus.SCHEDULED
         return NewJob(
             id=job_id, queue=self.config.queue_name, job_type=job_type,
@@ -440,7 +520,7 @@ class Queue:
         return False
 
     async def dead_jobs(self, limit: int = 100) -> list[Job]:
-        """This queue's dead jobs (no retries left), newest first.
+        """This queue's dead jobs (no retries left), newest first; ``limit`` 1 to 1,000,000.
 
         Example::
 
@@ -471,7 +551,8 @@ class Queue:
         return True
 
     async def retry_dead_jobs(self, limit: int = 10_000) -> int:
-        """Retry up to ``limit`` dead jobs of this queue (oldest first); return how many.
+        """Retry up to ``limit`` (at most 1,000,000) dead jobs of this queue (oldest first);
+        return how many.
 
         Example::
 
@@ -494,18 +575,27 @@ class Queue:
         self, *, status: JobStatus | str | None = None, job_type: str | None = None,
         limit: int = 100,
     ) -> list[Job]:
-        """This queue's jobs, newest first, optionally filtered by status and type.
+        """This queue's jobs, newest first, optionally filtered by status and type;
+        ``limit`` 1 to 1,000,000.
 
         Example::
 
             failed = await queue.list_jobs(status="failed", limit=20)
         """
+
         _check_limit(limit)
         try:
             wanted = None if status is None else JobStatus(status)
         except ValueError:
             choices = ", ".join(s.value for s in JobStatus)
-            raise KyuError(f"unknown status {status!r}: use one of {choices}") from None
+            raise KyuError(f"unknown status {shown(status)}: use one of {choices}") from None
+        # Only what PostgreSQL could not take as text: a filter matching no job is fine.
+        if job_type is not None and (
+            not isinstance(job_type, str) or "\x00" in job_type
+            or any("\ud800" <= c <= "\udfff" for c in job_type)
+        ):
+            raise KyuError(f"job_type must be a str without NUL or lone surrogates, got "
+                           f"{shown(job_type, 80)}")
         store, _ = self._require()
         return await store.list_jobs(self.config.queue_name, wanted, job_type, limit)
 
@@ -532,15 +622,24 @@ class Queue:
         statuses: Iterable[JobStatus | str] = (JobStatus.COMPLETED, JobStatus.CANCELLED),
     ) -> int:
         """Delete this queue's finished jobs last updated more than ``older_than`` ago,
-        in batches; return how many were deleted. Only final states can be purged.
+        in batches; return how many were deleted. Only final states can be purged;
+        ``older_than`` is at most 36525 days (100 years).
 
         Example::
 
             deleted = await queue.purge(timedelta(days=7))
         """
-        if not isinstance(older_than, timedelta) or older_than < timedelta(0):
-            raise KyuError("older_than must be a timedelta >= 0")
-        wanted = [JobStatus(s) for s in statuses]
+        longest = timedelta(days=36525)  # now - older_than must stay a valid datetime
+        if not isinstance(older_than, timedelta) or not timedelta(0) <= older_than <= longest:
+            raise KyuError(
+                f"older_than must be a timedelta from 0 to {longest.days} days (100 years)"
+            )
+        if isinstance(statuses, str | JobStatus):
+            statuses = [statuses]
+        try:
+            wanted = [JobStatus(s) for s in statuses]
+        except (ValueError, TypeError):
+            wanted = []
         if not wanted or any(s not in FINAL_STATES for s in wanted):
             raise KyuError("only completed, cancelled and dead jobs can be purged")
         store, _ = self._require()
@@ -612,13 +711,18 @@ class Queue:
         """Run workers, scheduler and reaper until SIGINT/SIGTERM or `shutdown()`, then stop
         gracefully (``Config.shutdown_grace``) and return. Connects if needed.
 
+        It returns only after a signal, `shutdown()` or cancellation. An unexpected error in
+        any of its tasks requeues every job this process holds, is logged with its
+        traceback, and is raised (the error itself when it is the only one, else the
+        group).
+
         Example::
 
             trio.run(queue.serve)
         """
-        async with self._connected() as (store, broker):
+        async with self._metrics_listeners() as listeners, self._connected() as (store, broker):
             assert self._scheduler is not None and self._reaper is not None
-            pool = self._new_pool(store, broker, drain=False)
+            self._pool = pool = self._new_pool(store, broker, drain=False)
             self._stop_event = stop = trio.Event()
             if self._shutdown_requested:
                 stop.set()
@@ -627,11 +731,12 @@ class Queue:
                     await nursery.start(self._scheduler.run)
                     await nursery.start(self._reaper.run)
                     await nursery.start(self._sampler(store, broker).run)
-                    if self.config.metrics_port:
-                        self.metrics_port = await nursery.start(
+                    if listeners:
+                        self.metrics_port = await nursery.start(partial(
                             serve_http, self.config.metrics_host, self.config.metrics_port,
                             self._routes(store, broker), self.config.logger,
-                        )
+                            listeners=listeners,
+                        ))
                     if threading.current_thread() is threading.main_thread():
                         await nursery.start(self._watch_signals, pool)
                     await nursery.start(self._supervise_pool, pool, nursery.cancel_scope)
@@ -642,10 +747,36 @@ class Queue:
                     task_status.started()
                     await stop.wait()
                     await pool.shutdown(self.config.shutdown_grace)
+            except BaseException as exc:
+                crash = _crash(exc)
+                if crash is None:
+                    raise
+                self.config.logger.critical(
+                    "worker %s stopped by an unexpected error; the jobs it held were "
+                    "requeued", self.worker_id, exc_info=crash,
+                )
+                if crash is exc:
+                    raise
+                raise crash from exc
             finally:
                 self._stop_event = None
+                self._pool = None
                 self._shutdown_requested = False
                 self.metrics_port = None
+
+    @asynccontextmanager
+    async def _metrics_listeners(self) -> AsyncIterator[list[trio.SocketListener]]:
+        """The metrics port, bound before connecting and outside serve()'s nursery: a taken
+        port fails at once, as a bare MetricsPortError (the CLI's one line), not as a crash."""
+        if not self.config.metrics_port:
+            yield []
+            return
+        listeners = await open_http_listeners(self.config.metrics_host, self.config.metrics_port)
+        try:
+            yield listeners
+        finally:
+            for listener in listeners:  # serve_http closes them, unless it never started
+                await trio.aclose_forcefully(listener)
 
     def _sampler(self, store: Store, broker: Broker) -> Sampler:
         return Sampler(
@@ -686,6 +817,10 @@ class Queue:
         async with trio.open_nursery() as nursery:
             await nursery.start(pool.run)
             task_status.started()
+        if self._stop_event is None or not self._stop_event.is_set():
+            # The pool stops only when asked: returning otherwise is a bug, and serve()
+            # must not pass it off as a clean stop.
+            raise KyuError("the worker pool stopped without being asked to (a kyu-trio bug)")
         # The pool has stopped and recorded every outcome: stop the maintenance tasks.
         done.cancel()
 

@@ -57,10 +57,15 @@ class MemoryStore:
     async def insert_jobs(
         self, jobs: Sequence[NewJob], now: datetime,
         after_commit: Callable[[list[Ready]], None] | None = None,
+        *, again: bool = False,
     ) -> list[Ready]:
         await trio.lowlevel.checkpoint()
         ready = []
         for new in jobs:
+            if again and (earlier := self.jobs.get(new.id)) is not None:
+                if earlier.status is JobStatus.PENDING:
+                    ready.append(self._ready(earlier))
+                continue
             job = Job(
                 id=new.id, queue=new.queue, job_type=new.job_type, payload=new.payload,
                 status=new.status, priority=new.priority, scheduled_at=new.scheduled_at,
@@ -107,7 +112,7 @@ class MemoryStore:
                 job is None
                 or job.queue != queue
                 or job.status not in READY_STATES
-                or job.scheduled_at > now
+                or (job.status is not JobStatus.PENDING and job.scheduled_at > now)
             ):
                 continue
             job = attrs.evolve(
@@ -117,6 +122,15 @@ class MemoryStore:
             self.jobs[job_id] = job
             claimed.append(job)
         return claimed
+
+    async def claimed_by(self, queue: str, ids: Sequence[str], worker_id: str) -> list[Job]:
+        await trio.lowlevel.checkpoint()
+        found = (self.jobs.get(job_id) for job_id in dict.fromkeys(ids))
+        return [
+            job for job in found
+            if job is not None and job.queue == queue and job.status is JobStatus.RUNNING
+            and job.locked_by == worker_id
+        ]
 
     async def complete_jobs(
         self, leases: Sequence[Lease], worker_id: str, now: datetime

@@ -8,8 +8,12 @@ never cross into trio code.
 
 from __future__ import annotations
 
+import os
 import re
+import socket
+import threading
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from datetime import datetime
 from importlib import resources
 from typing import Any, TypeVar
@@ -20,7 +24,7 @@ import trio
 from psycopg.rows import TupleRow
 
 from .._dsn import mask_password, postgres_address
-from .._errors import KyuConnectionError, KyuError, SchemaError
+from .._errors import CommandError, KyuConnectionError, KyuError, SchemaError, ServerError
 from .._job import Job, JobStatus
 from .._ports import (
     CancelOutcome,
@@ -39,6 +43,109 @@ T = TypeVar("T")
 CONNECT_TIMEOUT = 5
 #: Connections for claims and heartbeats (a fetcher or two and the heartbeat use them).
 LEASE_POOL_SIZE = 4
+#: How long closing a pool waits for each of its threads. One may be opening a
+#: connection to a server that stopped answering; it ends by itself (CONNECT_TIMEOUT).
+CLOSE_TIMEOUT = 0.2
+#: TCP settings of every connection, unless the DSN sets them: a server whose host
+#: vanished (powered off, network cut) is noticed within about half a minute, even by a
+#: call waiting for its answer. A server that hangs on a live host (a stopped process,
+#: a full disk) still acknowledges at TCP level and is not: against that, a cancelled
+#: call cuts its own socket (see `_Call`).
+TCP_SETTINGS = {
+    "keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5",
+    "keepalives_count": "3",
+}
+#: Unacknowledged data is given up after this long (libpq 12 and later).
+TCP_USER_TIMEOUT_MS = "20000"
+
+#: Error replies that waiting may cure, by SQLSTATE class: transaction rollback:
+#: serialization failure, deadlock (40), insufficient resources: disk full, out of memory,
+#: too many connections (53), operator intervention: query canceled, admin shutdown,
+#: cannot connect now (57), system error: I/O (58), snapshot too old (72), internal error
+#: (XX). A worker rides these out like a lost connection.
+TRANSIENT_CLASSES = ("40", "53", "57", "58", "72", "XX")
+#: ... and by code: read-only transaction (a demoted primary, a replica), object in use,
+#: lock not available.
+TRANSIENT_CODES = frozenset({"25006", "55006", "55P03"})
+READ_ONLY = "25006"
+#: Errors of a migration that say it cannot run here (read-only, no privilege, a standby
+#: in recovery), rather than that it failed on the way.
+CANNOT_MIGRATE = frozenset({"25006", "42501", "55000"})
+
+
+def _tcp_settings(dsn: str) -> dict[str, Any]:
+    """`TCP_SETTINGS` without those the DSN sets itself."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    settings: dict[str, Any] = dict(TCP_SETTINGS)
+    if psycopg.pq.version() >= 120000:
+        settings["tcp_user_timeout"] = TCP_USER_TIMEOUT_MS
+    given = conninfo_to_dict(dsn)
+    return {k: v for k, v in settings.items() if k not in given}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return mask_password(text.splitlines()[0] if text else "") or type(exc).__name__
+
+
+class _Abandoned(Exception):
+    """The task stopped waiting before the thread began: nothing was sent."""
+
+
+class _Call:
+    """The connection one thread call is using, so that the task can cut it when it stops
+    waiting (cancelled). A thread blocked on a server that stopped answering would
+    otherwise wait until the server resumes, holding its connection and its limiter
+    token; with its socket shut down, its wait ends at once in an error and the pool
+    replaces the connection."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._conn: psycopg.Connection[Any] | None = None
+        self._abandoned = False
+
+    def attach(self, conn: psycopg.Connection[Any]) -> None:
+        with self._lock:
+            if self._abandoned:
+                raise _Abandoned
+            self._conn = conn
+
+    def detach(self) -> None:
+        with self._lock:
+            self._conn = None
+
+    def unless_abandoned(self, fn: Callable[[], None]) -> bool:
+        """Run ``fn`` (in the thread) unless the task stopped waiting; True if it ran."""
+        with self._lock:
+            if self._abandoned:
+                return False
+            fn()
+            return True
+
+    def abandon(self) -> None:
+        # Under the lock: the thread cannot detach the connection meanwhile, and so not
+        # hand it back to the pool for another call to use. The socket is shut down,
+        # never closed, so its fd stays the thread's (no other file can take its number).
+        with self._lock:
+            self._abandoned = True
+            if self._conn is not None:
+                with suppress(psycopg.Error, OSError):
+                    fd = self._conn.pgconn.socket
+                    with socket.socket(fileno=os.dup(fd)) as sock:
+                        sock.shutdown(socket.SHUT_RDWR)
+                self._conn = None
+
+
+def _forget_sessions(pool: psycopg_pool.ConnectionPool[Any], conn: psycopg.Connection[Any]) -> None:
+    """Replace the pool's connections: they belong to a server that turned read-only (a
+    demoted primary, or default_transaction_read_only set since they were opened), and
+    would stay so after a failover moved the DSN's name to the new primary."""
+    drain = getattr(pool, "drain", None)  # psycopg-pool 3.3
+    if drain is not None:
+        drain()
+    else:
+        conn.close()
 
 
 def _migrations() -> list[tuple[int, str]]:
@@ -84,22 +191,82 @@ def _ints(values: Sequence[int]) -> str:
     return "{" + ",".join(str(int(v)) for v in values) + "}"
 
 
-def migrate(conn: psycopg.Connection[Any]) -> int:
-    """Bring the schema up to date; safe when many processes start at once."""
-    with conn.transaction():
-        conn.execute(q.MIGRATION_LOCK)
-        conn.execute(q.CREATE_VERSION_TABLE)
+def _insert_new(
+    conn: psycopg.Connection[Any], jobs: Sequence[NewJob], now: datetime
+) -> list[Ready]:
+    """Write new rows (committed on return: autocommit); return the pending ones."""
+    if not jobs:
+        return []
+    if len(jobs) == 1:
+        job = jobs[0]
+        row = conn.execute(q.INSERT_ONE, {
+            "id": job.id, "queue": job.queue, "job_type": job.job_type,
+            "payload": job.payload, "status": job.status.value,
+            "priority": job.priority, "scheduled_at": job.scheduled_at,
+            "max_retries": job.max_retries, "job_timeout": job.job_timeout, "now": now,
+        }).fetchone()
+        assert row is not None
+        return [Ready(job.id, job.priority, row[0])] if job.status is JobStatus.PENDING else []
+    seqs = sorted(r[0] for r in conn.execute(q.NEXT_SEQS, (len(jobs),)))
+    # One statement: COPY writes every row or, on any error, none.
+    with conn.cursor().copy(q.COPY_JOBS) as copy:
+        for job, seq in zip(jobs, seqs, strict=True):
+            copy.write_row((
+                job.id, job.queue, job.job_type, job.payload, job.status.value,
+                job.priority, seq, job.scheduled_at, job.max_retries, job.job_timeout,
+                now, now,
+            ))
+    return [Ready(job.id, job.priority, seq) for job, seq in zip(jobs, seqs, strict=True)
+            if job.status is JobStatus.PENDING]
+
+
+def _installed_version(conn: psycopg.Connection[Any]) -> int:
+    """The schema version the database records, 0 for none. Only reads."""
+    try:
         row = conn.execute(q.CURRENT_VERSION).fetchone()
-        current = int(row[0]) if row else 0
-        if current > SCHEMA_VERSION:
-            raise SchemaError(
-                f"the database has kyu-trio schema version {current}, newer than this "
-                f"kyu-trio understands ({SCHEMA_VERSION}): upgrade kyu-trio"
-            )
-        for version, sql in _migrations():
-            if version > current:
-                conn.execute(sql.encode())
-                conn.execute(q.RECORD_VERSION, (version,))
+    except psycopg.errors.UndefinedTable:
+        return 0
+    return int(row[0]) if row else 0
+
+
+def _check_not_newer(current: int) -> None:
+    if current > SCHEMA_VERSION:
+        raise SchemaError(
+            f"the database has kyu-trio schema version {current}, newer than this "
+            f"kyu-trio understands ({SCHEMA_VERSION}): upgrade kyu-trio"
+        )
+
+
+def migrate(conn: psycopg.Connection[Any], where: str = "the database") -> int:
+    """Bring the schema up to date; safe when many processes start at once. ``conn`` is
+    in autocommit mode.
+
+    It writes only when a migration is due, so that a current schema can be used through
+    a read-only server (a replica) or a read-only user."""
+    current = _installed_version(conn)
+    _check_not_newer(current)
+    if current == SCHEMA_VERSION:
+        return current
+    try:
+        with conn.transaction():
+            conn.execute(q.MIGRATION_LOCK)
+            conn.execute(q.CREATE_VERSION_TABLE)
+            # Another process may have migrated while we waited for the lock.
+            current = _installed_version(conn)
+            _check_not_newer(current)
+            for version, sql in _migrations():
+                if version > current:
+                    conn.execute(sql.encode())
+                    conn.execute(q.RECORD_VERSION, (version,))
+    except psycopg.Error as exc:
+        if (exc.sqlstate or "") not in CANNOT_MIGRATE:
+            raise
+        found = f"kyu-trio schema version {current}" if current else "no kyu-trio schema"
+        raise SchemaError(
+            f"{where} has {found}, this kyu-trio needs version {SCHEMA_VERSION}, and it "
+            f"cannot migrate there ({exc.sqlstate} {_first_line(exc)}): run `kyu-trio "
+            f"migrate` once against the primary, as a user that may create tables"
+        ) from None
     return max(current, SCHEMA_VERSION)
 
 
@@ -133,106 +300,172 @@ class PostgresStore:
             f"PostgreSQL at {self._address} is unreachable or went away: {reason}"
         )
 
+    def _error(self, exc: psycopg.Error) -> KyuError:
+        """The KyuError for a psycopg exception: an outage to ride out (a lost connection,
+        or a `ServerError`), or a `CommandError` that waiting will not cure."""
+        sqlstate = exc.sqlstate or ""
+        # An error reply means the statement did not commit (callers rely on that: an
+        # enqueue refused by the server wrote nothing), except after a PANIC, which may
+        # strike during the commit itself: then the outcome is unknown, as when the
+        # connection is lost.
+        if exc.diag.severity_nonlocalized == "PANIC":
+            return self._connection_error(exc)
+        if not sqlstate or sqlstate.startswith(("08", "28", "3D")):
+            if sqlstate or isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+                return self._connection_error(exc)
+            # Refused by psycopg before anything was sent (e.g. a NUL in a string).
+            return CommandError(
+                f"could not send a command to PostgreSQL at {self._address}: {_first_line(exc)}"
+            )
+        reason = f"{sqlstate} {_first_line(exc)}"
+        if sqlstate in TRANSIENT_CODES or sqlstate.startswith(TRANSIENT_CLASSES):
+            return ServerError(f"PostgreSQL at {self._address} answered with an error: {reason}")
+        return CommandError(f"PostgreSQL at {self._address} refused a command: {reason}")
+
+    async def _in_thread(
+        self, fn: Callable[[_Call], T], limiter: trio.CapacityLimiter | None = None
+    ) -> T:
+        """Run ``fn`` in a worker thread; no psycopg exception leaves. A cancelled call
+        stops waiting at once and cuts the connection ``fn`` attached: its outcome is
+        unknown, as when a connection is lost mid-call (which is why every write is
+        fenced by its lease or conditional on the row's state)."""
+        call = _Call()
+        try:
+            return await trio.to_thread.run_sync(
+                fn, call, limiter=limiter, abandon_on_cancel=True
+            )
+        except psycopg.Error as exc:
+            raise self._error(exc) from None
+        except BaseException:
+            # Cancelled (or KeyboardInterrupt) while the thread may still be running; a
+            # no-op if it had ended.
+            call.abandon()
+            raise
+
     async def _run(self, fn: Callable[[psycopg.Connection[Any]], T], *, lease: bool = False) -> T:
-        """Run ``fn`` with a pooled connection in a worker thread. ``lease=True`` uses the
-        pool whose commits do not wait for the WAL flush (claims and heartbeats)."""
+        """Run ``fn`` with a pooled connection in a worker thread (see `_in_thread`).
+        ``lease=True`` uses the pool whose commits do not wait for the WAL flush (claims
+        and heartbeats)."""
         pool = self._lease_pool if lease else self._pool
         if pool is None:
             raise KyuError("the PostgreSQL store is not open")
 
-        def call() -> T:
+        def run(call: _Call) -> T:
             with pool.connection() as conn:
-                return fn(conn)
+                call.attach(conn)
+                read_only = False
+                try:
+                    return fn(conn)
+                except psycopg.Error as exc:
+                    read_only = exc.sqlstate == READ_ONLY
+                    raise
+                finally:
+                    call.detach()
+                    if read_only:
+                        _forget_sessions(pool, conn)
 
-        limiter = self._lease_limiter if lease else self._limiter
-        try:
-            return await trio.to_thread.run_sync(call, limiter=limiter)
-        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
-            raise self._connection_error(exc) from None
+        return await self._in_thread(run, self._lease_limiter if lease else self._limiter)
 
     def _new_pool(self, size: int, synchronous_commit: bool) -> psycopg_pool.ConnectionPool[Any]:
-        kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": CONNECT_TIMEOUT}
+        kwargs: dict[str, Any] = {
+            "autocommit": True, "connect_timeout": CONNECT_TIMEOUT, **_tcp_settings(self._dsn),
+        }
         if not synchronous_commit:
             kwargs["options"] = "-c synchronous_commit=off"
         pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
             self._dsn, min_size=1, max_size=size, open=False, kwargs=kwargs, timeout=30,
             name="kyu_trio",
         )
-        pool.open(wait=True, timeout=CONNECT_TIMEOUT * 2)
+        try:
+            pool.open(wait=True, timeout=CONNECT_TIMEOUT * 2)
+        except BaseException:
+            pool.close(CLOSE_TIMEOUT)  # its threads would go on connecting
+            raise
         return pool
 
     async def open(self) -> None:
-        def connect_and_migrate() -> None:
+        def connect_and_migrate(call: _Call) -> None:
             # One direct connection first: its error names the real cause, where a
             # pool would only say it timed out.
-            with psycopg.connect(self._dsn, connect_timeout=CONNECT_TIMEOUT) as conn:
-                migrate(conn)
-            self._pool = self._new_pool(self._pool_size, self._synchronous_commit)
-            # A claim or heartbeat lost in a PostgreSQL crash costs nothing: the row is
-            # still pending (the reaper's sweep pushes it again) or its lease looks stale
-            # (the reaper rescues it); later writes are fenced by the claim token either
-            # way. So they need not wait for the WAL flush, which costs ~1-2 ms each.
-            self._lease_pool = self._new_pool(self._lease_pool_size, synchronous_commit=False)
+            try:
+                conn = psycopg.connect(
+                    self._dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+                    **_tcp_settings(self._dsn),
+                )
+            except psycopg.ProgrammingError as exc:
+                raise KyuConnectionError(
+                    f"PostgreSQL at {self._address} refused the connection settings: "
+                    f"{_first_line(exc)}"
+                ) from None
+            with conn:
+                call.attach(conn)
+                try:
+                    migrate(conn, f"PostgreSQL at {self._address}")
+                finally:
+                    call.detach()
+            pools = [self._new_pool(self._pool_size, self._synchronous_commit)]
+            try:
+                # A claim or heartbeat lost in a PostgreSQL crash costs nothing: the row is
+                # still pending (the reaper's sweep pushes it again) or its lease looks
+                # stale (the reaper rescues it); later writes are fenced by the claim token
+                # either way. So they need not wait for the WAL flush (~1-2 ms each).
+                pools.append(self._new_pool(self._lease_pool_size, synchronous_commit=False))
+
+                def adopt() -> None:
+                    self._pool, self._lease_pool = pools
+
+                if call.unless_abandoned(adopt):
+                    return
+            except BaseException:
+                for pool in pools:
+                    pool.close(CLOSE_TIMEOUT)
+                raise
+            for pool in pools:  # open() was cancelled meanwhile: nobody will close them
+                pool.close(CLOSE_TIMEOUT)
 
         try:
-            await trio.to_thread.run_sync(connect_and_migrate)
-        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
-            await self.close()
-            raise self._connection_error(exc) from None
-        except psycopg.ProgrammingError as exc:
-            await self.close()
-            raise KyuConnectionError(
-                f"PostgreSQL at {self._address} refused the connection settings: "
-                f"{mask_password(str(exc))}"
-            ) from None
+            await self._in_thread(connect_and_migrate)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.close()
+            raise
 
     async def close(self) -> None:
-        pools = [self._pool, self._lease_pool]
+        pools = [p for p in (self._pool, self._lease_pool) if p is not None]
         self._pool = self._lease_pool = None
-        for pool in pools:
-            if pool is not None:
-                await trio.to_thread.run_sync(pool.close)
+        # Bounded even against a server that stopped answering: idle connections close
+        # without waiting for it, one still out (an abandoned call's) closes when it
+        # comes back, and each pool thread is waited for CLOSE_TIMEOUT at most.
+        async with trio.open_nursery() as nursery:
+            for pool in pools:
+                nursery.start_soon(self._close_pool, pool)
+
+    @staticmethod
+    async def _close_pool(pool: psycopg_pool.ConnectionPool[Any]) -> None:
+        await trio.to_thread.run_sync(pool.close, CLOSE_TIMEOUT, abandon_on_cancel=True)
 
     async def insert_jobs(
         self, jobs: Sequence[NewJob], now: datetime,
         after_commit: Callable[[list[Ready]], None] | None = None,
+        *, again: bool = False,
     ) -> list[Ready]:
-        if len(jobs) == 1:
-            job = jobs[0]
-
-            def insert_one(conn: psycopg.Connection[Any]) -> list[Ready]:
-                row = conn.execute(q.INSERT_ONE, {
-                    "id": job.id, "queue": job.queue, "job_type": job.job_type,
-                    "payload": job.payload, "status": job.status.value,
-                    "priority": job.priority, "scheduled_at": job.scheduled_at,
-                    "max_retries": job.max_retries, "job_timeout": job.job_timeout, "now": now,
-                }).fetchone()
-                assert row is not None
-                ready = [Ready(job.id, job.priority, row[0])] if (
-                    job.status is JobStatus.PENDING) else []
-                if after_commit is not None:
-                    after_commit(ready)  # autocommit: the INSERT is committed
-                return ready
-
-            return await self._run(insert_one)
-
-        def insert_many(conn: psycopg.Connection[Any]) -> list[Ready]:
-            seqs = sorted(r[0] for r in conn.execute(q.NEXT_SEQS, (len(jobs),)))
-            # One statement: COPY writes every row or, on any error, none.
-            with conn.cursor().copy(q.COPY_JOBS) as copy:
-                for job, seq in zip(jobs, seqs, strict=True):
-                    copy.write_row((
-                        job.id, job.queue, job.job_type, job.payload, job.status.value,
-                        job.priority, seq, job.scheduled_at, job.max_retries, job.job_timeout,
-                        now, now,
-                    ))
-            ready = [Ready(job.id, job.priority, seq) for job, seq in zip(jobs, seqs, strict=True)
-                     if job.status is JobStatus.PENDING]
+        def insert(conn: psycopg.Connection[Any]) -> list[Ready]:
+            earlier: list[Ready] = []
+            todo = jobs
+            if again:
+                # The earlier attempt's answer was lost: what it wrote is kept (COPY and a
+                # single INSERT write every row or none, but a batch may be split).
+                rows = conn.execute(q.INSERTED, {"ids": _uuid_array([j.id for j in jobs])})
+                found = {job_id: (status, seq) for job_id, status, seq in rows.fetchall()}
+                todo = [job for job in jobs if job.id not in found]
+                earlier = [Ready(job.id, job.priority, found[job.id][1]) for job in jobs
+                           if found.get(job.id, ("",))[0] == JobStatus.PENDING.value]
+            ready = earlier + _insert_new(conn, todo, now)
             if after_commit is not None:
-                after_commit(ready)  # autocommit: the COPY is committed
+                after_commit(ready)  # autocommit: the rows are committed
             return ready
 
-        return await self._run(insert_many)
+        return await self._run(insert)
 
     async def get_job(self, job_id: str) -> Job | None:
         def get(conn: psycopg.Connection[Any]) -> Job | None:
@@ -297,6 +530,14 @@ class PostgresStore:
             "attempts": _ints([lease.attempt for lease in leases]),
             "worker": worker_id, "now": now,
         }
+
+    async def claimed_by(self, queue: str, ids: Sequence[str], worker_id: str) -> list[Job]:
+        params = {"ids": _uuid_array(ids), "queue": queue, "worker": worker_id}
+
+        def find(conn: psycopg.Connection[Any]) -> list[Job]:
+            return [_to_job(r) for r in conn.execute(q.CLAIMED_BY, params).fetchall()]
+
+        return await self._run(find)
 
     async def complete_jobs(
         self, leases: Sequence[Lease], worker_id: str, now: datetime
@@ -390,7 +631,19 @@ class PostgresStore:
         return await self._run(stats)
 
     async def ping(self) -> None:
-        await self._run(lambda conn: conn.execute("SELECT 1").fetchone())
+        """Raise `KyuConnectionError` unless PostgreSQL answers and accepts writes: a
+        worker on a read-only server (a replica) cannot record anything."""
+
+        def check(conn: psycopg.Connection[Any]) -> None:
+            row = conn.execute("SELECT current_setting('transaction_read_only')").fetchone()
+            if row is not None and row[0] == "on":
+                # As a write would fail, so that `_run` replaces stale sessions the same way.
+                raise psycopg.errors.ReadOnlySqlTransaction(
+                    "the server is read-only (a replica, or default_transaction_read_only "
+                    "is on): workers cannot record anything"
+                )
+
+        await self._run(check)
 
     async def retry_jobs(self, ids: Sequence[str], now: datetime) -> list[tuple[Ready, str]]:
         params = {"ids": _uuid_array(ids), "now": now}

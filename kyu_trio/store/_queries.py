@@ -46,6 +46,11 @@ VALUES (%(id)s, %(queue)s, %(job_type)s, %(payload)s, %(status)s, %(priority)s,
 RETURNING seq
 """
 
+# Before an insert is repeated after its answer was lost: which rows are there already.
+INSERTED = """
+SELECT id::text, status, seq FROM kyu_jobs WHERE id = ANY(%(ids)s::uuid[])
+"""
+
 GET_JOB = f"SELECT {JOB_COLUMNS} FROM kyu_jobs WHERE id = %s"
 
 CANCEL_JOB = """
@@ -75,8 +80,16 @@ UPDATE kyu_jobs
 SET status = 'running', locked_by = %(worker)s, locked_at = %(now)s, heartbeat_at = %(now)s,
     attempt = attempt + 1, updated_at = %(now)s
 WHERE id = ANY(%(ids)s::uuid[]) AND (queue = %(queue)s) IS TRUE
-  AND status IN ('pending', 'scheduled', 'failed') AND scheduled_at <= %(now)s
+  AND status IN ('pending', 'scheduled', 'failed')
+  AND (status = 'pending' OR scheduled_at <= %(now)s) IS TRUE
 RETURNING {CLAIMED_COLUMNS}
+"""
+
+# What a claim whose answer was lost took: its rows are running under our worker id.
+CLAIMED_BY = f"""
+SELECT {JOB_COLUMNS} FROM kyu_jobs
+WHERE id = ANY(%(ids)s::uuid[])
+  AND (queue = %(queue)s AND status = 'running' AND locked_by = %(worker)s) IS TRUE
 """
 
 COMPLETE_JOBS = """

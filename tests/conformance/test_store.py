@@ -6,6 +6,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import attrs
+
 from kyu_trio import JobStatus
 from kyu_trio._ports import CancelOutcome, Failure, Lease, NewJob
 
@@ -51,6 +53,32 @@ async def test_claim_is_conditional(store: Any, queue_name: str) -> None:
     assert await store.claim_jobs(queue_name, [due.id], "w2", T0) == []
     # Other queue: never.
     assert await store.claim_jobs("other-queue", [later.id], "w1", T0 + timedelta(hours=1)) == []
+
+
+async def test_pending_job_is_claimable_whatever_its_scheduled_at(
+    store: Any, queue_name: str
+) -> None:
+    # A producer whose clock runs 5 ms ahead writes a pending job "due" in the worker's
+    # future: it is pending, so it is due, and the claim must take it.
+    ahead = attrs.evolve(new(queue_name), scheduled_at=T0 + timedelta(milliseconds=5))
+    await store.insert_jobs([ahead], T0)
+    assert (await store.get_job(ahead.id)).status is JobStatus.PENDING
+    claimed = await store.claim_jobs(queue_name, [ahead.id], "w1", T0)
+    assert [j.id for j in claimed] == [ahead.id]
+
+
+async def test_claimed_by_finds_what_a_lost_claim_took(store: Any, queue_name: str) -> None:
+    mine, theirs, idle = new(queue_name), new(queue_name), new(queue_name)
+    await store.insert_jobs([mine, theirs, idle], T0)
+    await store.claim_jobs(queue_name, [mine.id], "w1", T0)
+    await store.claim_jobs(queue_name, [theirs.id], "w2", T0)
+    ids = [mine.id, theirs.id, idle.id, "garbage"]
+    found = await store.claimed_by(queue_name, ids, "w1")
+    assert [(j.id, j.status, j.locked_by, j.attempt) for j in found] == [
+        (mine.id, JobStatus.RUNNING, "w1", 1)
+    ]
+    assert found[0] == await store.get_job(mine.id)
+    assert await store.claimed_by("other-queue", ids, "w1") == []
 
 
 async def test_claimed_job_equals_the_row(store: Any, queue_name: str) -> None:
@@ -168,3 +196,23 @@ async def test_pending_after_pages_by_seq(store: Any, queue_name: str) -> None:
     assert [r.id for r in page] == [r.id for r in ready[:3]]
     page2 = await store.pending_after(queue_name, page[-1].seq, 3)
     assert [r.id for r in page2] == [r.id for r in ready[3:]]
+
+
+async def test_insert_again_keeps_what_the_lost_attempt_wrote(store: Any, queue_name: str) -> None:
+    # An enqueue whose answer was lost is repeated with the same ids: never a second row.
+    one = [new(queue_name)]
+    batch = [new(queue_name), new(queue_name, due=T0 + timedelta(hours=1)), new(queue_name)]
+    first_one = await store.insert_jobs(one, T0)
+    first_batch = await store.insert_jobs(batch, T0)
+    assert await store.insert_jobs(one, T0, again=True) == first_one
+    assert await store.insert_jobs(batch, T0, again=True) == first_batch
+    # A repeat of an insert that did not happen writes it.
+    fresh = [new(queue_name), new(queue_name)]
+    pushed: list[Any] = []
+    ready = await store.insert_jobs(fresh, T0, pushed.extend, again=True)
+    assert [r.id for r in ready] == [j.id for j in fresh] == [r.id for r in pushed]
+    # A job the lost attempt wrote and a worker already claimed is not pushed again.
+    await store.claim_jobs(queue_name, [one[0].id], "w1", T0)
+    assert await store.insert_jobs(one, T0, again=True) == []
+    stats = await store.queue_stats(queue_name, T0)
+    assert sum(stats.counts.values()) == 6

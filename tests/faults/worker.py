@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         trio.run(serve)
     finally:
-        pool.close()
+        pool.close(timeout=0.5)  # bounded: the server may be frozen (SIGSTOP)
 
 
 if __name__ == "__main__":

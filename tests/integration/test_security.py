@@ -11,7 +11,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
+import subprocess
+import sys
 import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,11 +24,16 @@ import psycopg
 import pytest
 import redis
 import trio
+from click.testing import CliRunner, Result
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kyu_trio import Config, ConfigError, KyuConnectionError, Queue
+from kyu_trio._cli import cli
 from tests.conftest import ThrowawayRedis, free_port
+from tests.unit.dsn_corpus import POSTGRES_FORMS, REDIS_FORMS, fill, leaked
+from tests.unit.dsn_corpus import A as CORPUS_A
+from tests.unit.dsn_corpus import B as CORPUS_B
 
 pytestmark = pytest.mark.integration
 
@@ -193,6 +201,120 @@ async def test_serving_through_an_outage_never_logs_a_password(
     assert "retrying with backoff" in logged  # the outage was logged...
     assert_no_secret(logged)  # ...without a password
     assert_no_secret(repr(config) + repr(queue))
+
+
+# ---- the corpus of shapes: connecting, and the command line ---------------------------------
+
+
+def _accepted(forms: list[str], field: str, host: str, port: int) -> list[str]:
+    accepted = []
+    for form in forms:
+        try:
+            Config(**{field: fill(form, host, port)})
+        except ConfigError:
+            continue
+        accepted.append(form)
+    return accepted
+
+
+PG_ACCEPTED = _accepted(POSTGRES_FORMS, "dsn", "127.0.0.1", 6543)
+REDIS_ACCEPTED = _accepted(REDIS_FORMS, "redis_url", "127.0.0.1", 6543)
+
+
+@pytest.mark.parametrize("form", PG_ACCEPTED)
+async def test_every_postgres_shape_connecting_never_shows_the_password(
+    form: str, redis_url: str, debug_logs: pytest.LogCaptureFixture
+) -> None:
+    config = Config(dsn=fill(form, "127.0.0.1", free_port()), redis_url=redis_url, metrics_port=0)
+    queue = Queue(config)
+    with pytest.raises(KyuConnectionError) as info:
+        await queue.connect()
+    assert leaked(everything_about(info.value)) == []
+    assert leaked(everything_logged(debug_logs)) == []
+    assert leaked(repr(config) + str(config) + repr(queue)) == []
+
+
+@pytest.mark.parametrize("form", REDIS_ACCEPTED)
+async def test_every_redis_shape_connecting_never_shows_the_password(
+    form: str, pg_dsn: str, debug_logs: pytest.LogCaptureFixture
+) -> None:
+    config = Config(dsn=pg_dsn, redis_url=fill(form, "127.0.0.1", free_port()), metrics_port=0)
+    queue = Queue(config)
+    with pytest.raises(KyuConnectionError) as info:
+        await queue.connect()
+    assert leaked(everything_about(info.value)) == []
+    assert leaked(everything_logged(debug_logs)) == []
+    assert leaked(repr(config) + str(config) + repr(queue)) == []
+
+
+def _cli(*args: str, **env: str) -> Result:
+    try:
+        runner = CliRunner(mix_stderr=False)  # type: ignore[call-arg]  # click < 8.2
+    except TypeError:
+        runner = CliRunner()
+    return runner.invoke(
+        cli, list(args), env={"KYU_METRICS_PORT": "0", **env}, catch_exceptions=False
+    )
+
+
+def _one_error_line(result: Result) -> str:
+    assert result.exit_code == 1, (result.exit_code, result.stdout, result.stderr)
+    assert result.stdout == "" and result.stderr.startswith("error: ")
+    assert result.stderr.count("\n") == 1, result.stderr
+    return result.stderr
+
+
+@pytest.mark.parametrize(
+    ("field", "form"),
+    [
+        *(("--dsn", form) for form in POSTGRES_FORMS),
+        *(("--redis-url", form) for form in REDIS_FORMS),
+    ],
+)
+def test_the_command_line_never_shows_the_password(
+    field: str,
+    form: str,
+    pg_dsn: str,
+    redis_url: str,
+    queue_name: str,
+    debug_logs: pytest.LogCaptureFixture,
+) -> None:
+    """Malformed shapes fail in Config, the others while connecting to a free port:
+    either way one error line, and no piece of the password in it or in the logs."""
+    env = {"KYU_DSN": pg_dsn, "KYU_REDIS_URL": redis_url, "KYU_QUEUE": queue_name}
+    value = fill(form, "127.0.0.1", free_port())
+    commands = [("stats", "--json"), ("enqueue", "t", "p")]
+    if field == "--dsn":
+        commands.append(("migrate",))
+    for command in commands:
+        line = _one_error_line(_cli(*command, field, value, **env))
+        assert leaked(line) == [], line
+    assert leaked(everything_logged(debug_logs)) == []
+
+
+@pytest.mark.parametrize(
+    ("option", "form"),
+    [
+        ("--dsn", "postgresql://kyu:" + CORPUS_A + "@" + CORPUS_B + "@127.0.0.1:{port}/app"),
+        ("--dsn", "host=127.0.0.1 port={port} password=" + CORPUS_A + " " + CORPUS_B),
+        ("--dsn", "postgresql://kyu:" + CORPUS_A + "@127.0.0.1:{port}/app"),
+        ("--redis-url", "redis://:" + CORPUS_A + "/" + CORPUS_B + "@127.0.0.1:{port}/0"),
+    ],
+)
+def test_a_real_process_never_shows_the_password(option: str, form: str) -> None:
+    """`python -m kyu_trio` itself: no traceback, no password, on stdout or stderr."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KYU_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "kyu_trio", "jobs", option, fill(form, port=free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output
+    assert proc.stderr.startswith("error: ") and output.count("\n") == 1, output
+    assert leaked(output) == [], output
 
 
 # ---- repr(Config) and configuration errors --------------------------------------------------

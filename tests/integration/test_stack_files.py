@@ -296,13 +296,13 @@ def test_dashboard_covers_the_issue(dashboard: dict[str, Any]) -> None:
 
 def exported_names() -> set[str]:
     """Every sample name a Queue's registry can export (counters with _total, histograms
-    with _bucket/_sum/_count), whether or not it has been observed yet."""
+    with _bucket/_sum/_count; no _created samples), whether or not it has been observed yet."""
     queue = Queue(Config(metrics_port=0))
-    names = set()
+    names: set[str] = set()
     for family in queue.metrics.registry.collect():
         suffixes = {
-            "counter": ["_total", "_created"],
-            "histogram": ["_bucket", "_sum", "_count", "_created"],
+            "counter": ["_total"],
+            "histogram": ["_bucket", "_sum", "_count"],
         }.get(family.type, [""])
         names.update(family.name + suffix for suffix in suffixes)
     return names
@@ -317,3 +317,12 @@ def test_dashboard_only_queries_exported_metrics(dashboard: dict[str, Any]) -> N
     for var in dashboard["templating"]["list"]:
         for name in re.findall(r"\b(kyu_[a-z_]+)\b", var["definition"]):
             assert name in exported, f"variable {var['name']}: {name} is not exported"
+
+
+def test_dashboard_reads_the_queue_label_without_joining_kyu_info(
+    dashboard: dict[str, Any],
+) -> None:
+    """Every kyu_ metric carries `queue`, so no panel needs a join to learn it."""
+    exprs = [(p["title"], t["expr"]) for p in panels(dashboard) for t in p.get("targets", [])]
+    assert [title for title, expr in exprs if "group_left" in expr] == []
+    assert any("by (queue)" in expr for _, expr in exprs)

@@ -333,3 +333,22 @@ async def test_payloads_are_logged_only_when_asked(
                 await queue.run_once()
         logged = caplog.text + "".join(str(r.__dict__) for r in caplog.records)
         assert ("secret-payload-123" in logged) is log_payloads
+
+
+async def test_every_worker_gets_a_thread_for_sync_handlers(harness: Harness) -> None:
+    # trio's default thread limit is 40: with more workers than that, a sync job could
+    # wait for a thread while its timeout runs (issue 10, production defaults).
+    queue = harness.queue(workers=50)
+    import time
+
+    @queue.handler("sync")
+    def sync(payload: str) -> None:
+        time.sleep(0.4)
+
+    async with queue:
+        ids = [
+            await queue.enqueue("sync", str(i), job_timeout=0.7, max_retries=0) for i in range(50)
+        ]
+        await queue.run_once()
+        jobs = [await queue.inspect(i) for i in ids]
+    assert {j.status for j in jobs} == {JobStatus.COMPLETED}
