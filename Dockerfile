@@ -9,10 +9,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# The package first (psycopg[binary] ships wheels: no compiler needed), then the example.
-COPY pyproject.toml README.md ./
+# The package first (the `binary` extra: psycopg with its own libpq, no compiler), then
+# the example.
+COPY pyproject.toml README.md LICENSE ./
 COPY kyu_trio ./kyu_trio
-RUN pip install . \
+RUN pip install '.[binary]' \
     && useradd --system --no-create-home --uid 10001 kyu
 
 COPY examples ./examples

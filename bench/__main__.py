@@ -29,17 +29,47 @@ FULL: dict[str, list[str]] = {
     "throughput": ["--jobs", "50000", "--processes", "2", "--workers", "50"],
     "latency": ["--rates", "100", "500", "2000", "--seconds", "10"],
     "peers": ["--jobs", "20000", "--processes", "2", "--single", "2000", "--repeat", "3"],
-    "scale": ["--jobs", "20000", "--processes", "1", "2", "4",
-              "--history", "10000", "1000000", "5000000", "--scheduled", "100000"],
+    "scale": [
+        "--jobs",
+        "20000",
+        "--processes",
+        "1",
+        "2",
+        "4",
+        "--history",
+        "10000",
+        "1000000",
+        "5000000",
+        "--scheduled",
+        "100000",
+    ],
 }
 QUICK: dict[str, list[str]] = {
     "dispatch": [],
     "throughput": ["--jobs", "10000", "--single", "1000", "--processes", "2"],
     "latency": ["--rates", "100", "500", "--seconds", "3"],
-    "peers": ["--jobs", "5000", "--processes", "2", "--single", "500",
-              "--peers", "pgqueuer,dramatiq,huey"],
-    "scale": ["--jobs", "5000", "--processes", "1", "2", "--history", "10000", "100000",
-              "--scheduled", "10000"],
+    "peers": [
+        "--jobs",
+        "5000",
+        "--processes",
+        "2",
+        "--single",
+        "500",
+        "--peers",
+        "pgqueuer,dramatiq,huey",
+    ],
+    "scale": [
+        "--jobs",
+        "5000",
+        "--processes",
+        "1",
+        "2",
+        "--history",
+        "10000",
+        "100000",
+        "--scheduled",
+        "10000",
+    ],
 }
 
 
@@ -94,22 +124,36 @@ def summary() -> str:
         for key, label, target, store in [
             ("processed_jobs_per_s", "processed jobs/s (bench.peers)", 3.0, None),
             ("bulk_enqueue_per_s", "bulk enqueue jobs/s (bench.peers)", 2.0, None),
-            ("single_enqueue_per_s", "single enqueue jobs/s vs PostgreSQL peers", 1.0,
-             "PostgreSQL"),
-            ("single_enqueue_per_s", "single enqueue jobs/s vs Redis-only peers", None,
-             "Redis"),
+            (
+                "single_enqueue_per_s",
+                "single enqueue jobs/s vs PostgreSQL peers",
+                1.0,
+                "PostgreSQL",
+            ),
+            ("single_enqueue_per_s", "single enqueue jobs/s vs Redis-only peers", None, "Redis"),
         ]:
             ours, best = kyu.get(key), best_peer(systems, key, store)
             if not ours or best is None:
                 continue
             ratio = ours / best[1]
-            rows.append((label, f"{ours:,.0f}", f"{best[0]} {best[1]:,.0f}", f"{ratio:.2f}x",
-                         f">= {target:g}x: {verdict(ratio >= target)}" if target
-                         else "reported only (not durable on return)"))
+            rows.append(
+                (
+                    label,
+                    f"{ours:,.0f}",
+                    f"{best[0]} {best[1]:,.0f}",
+                    f"{ratio:.2f}x",
+                    f">= {target:g}x: {verdict(ratio >= target)}"
+                    if target
+                    else "reported only (not durable on return)",
+                )
+            )
     # Each at its own defaults, on the peers' job: the "Defaults" section of bench.peers,
     # from its last run with or without --defaults-only.
-    runs = [r for r in (load("peers"), load("peers-defaults"))
-            if r is not None and "kyu-trio at its defaults" in r["systems"]]
+    runs = [
+        r
+        for r in (load("peers"), load("peers-defaults"))
+        if r is not None and "kyu-trio at its defaults" in r["systems"]
+    ]
     if runs:
         latest = max(runs, key=lambda r: r["date"])
         when.append(f"defaults {latest['_mtime']}")
@@ -117,36 +161,67 @@ def summary() -> str:
         ours = systems["kyu-trio at its defaults"].get("processed_jobs_per_s")
         theirs = systems.get("pgqueuer at its defaults", {}).get("processed_jobs_per_s")
         if ours and theirs:
-            rows.append(("processed jobs/s, kyu-trio and pgqueuer each at its defaults "
-                         "(bench.peers --defaults-only)", f"{ours:,.0f}",
-                         f"pgqueuer {theirs:,.0f}", f"{ours / theirs:.2f}x",
-                         f">= 1x: {verdict(ours >= theirs)}"))
+            rows.append(
+                (
+                    "processed jobs/s, kyu-trio and pgqueuer each at its defaults "
+                    "(bench.peers --defaults-only)",
+                    f"{ours:,.0f}",
+                    f"pgqueuer {theirs:,.0f}",
+                    f"{ours / theirs:.2f}x",
+                    f">= 1x: {verdict(ours >= theirs)}",
+                )
+            )
 
     throughput = load("throughput")
     if throughput is not None:
         when.append(f"throughput {throughput['_mtime']}")
         fraction = throughput["kyu_fraction_of_floor"]
-        rows.append(("processed jobs/s vs the bare batched loop (bench.throughput)",
-                     f"{throughput['kyu']['jobs_per_s']:,.0f}",
-                     f"floor {throughput['floor']['jobs_per_s']:,.0f}", f"{fraction:.0%}",
-                     f">= 60%: {verdict(fraction >= 0.6)}"))
+        rows.append(
+            (
+                "processed jobs/s vs the bare batched loop (bench.throughput)",
+                f"{throughput['kyu']['jobs_per_s']:,.0f}",
+                f"floor {throughput['floor']['jobs_per_s']:,.0f}",
+                f"{fraction:.0%}",
+                f">= 60%: {verdict(fraction >= 0.6)}",
+            )
+        )
         floor_single = throughput["enqueue"].get("single_floor_per_s")
         if floor_single:
             ours = throughput["enqueue"]["single_enqueue_per_s"]
-            rows.append(("single enqueue jobs/s vs a bare blocking INSERT + ZADD loop "
-                         "(bench.throughput)", f"{ours:,.0f}", f"floor {floor_single:,.0f}",
-                         f"{ours / floor_single:.0%}", ""))
-        rows.append(("worker CPU s per 1,000 jobs (bench.throughput)",
-                     f"{throughput['kyu']['worker_cpu_s_per_1k']:.3f}",
-                     f"floor {throughput['floor']['worker_cpu_s_per_1k']:.3f}", "", ""))
+            rows.append(
+                (
+                    "single enqueue jobs/s vs a bare blocking INSERT + ZADD loop "
+                    "(bench.throughput)",
+                    f"{ours:,.0f}",
+                    f"floor {floor_single:,.0f}",
+                    f"{ours / floor_single:.0%}",
+                    "",
+                )
+            )
+        rows.append(
+            (
+                "worker CPU s per 1,000 jobs (bench.throughput)",
+                f"{throughput['kyu']['worker_cpu_s_per_1k']:.3f}",
+                f"floor {throughput['floor']['worker_cpu_s_per_1k']:.3f}",
+                "",
+                "",
+            )
+        )
 
     latency = load("latency")
     if latency is not None:
         when.append(f"latency {latency['_mtime']}")
         for r in latency["runs"]:
             target = f"< 5 ms: {verdict(r['p99_ms'] < 5)}" if r["rate"] == 500 else ""
-            rows.append((f"pickup latency at {r['rate']:,}/s, p50 / p99 (bench.latency)",
-                         f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f} ms", "", "", target))
+            rows.append(
+                (
+                    f"pickup latency at {r['rate']:,}/s, p50 / p99 (bench.latency)",
+                    f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f} ms",
+                    "",
+                    "",
+                    target,
+                )
+            )
 
     scale = load("scale")
     if scale is not None and scale.get("history"):
@@ -154,25 +229,52 @@ def summary() -> str:
         history = {int(k): v for k, v in scale["history"].items()}
         small, large = min(history), max(history)
         cost = history[small]["jobs_per_s"] / history[large]["jobs_per_s"]
-        rows.append((f"per-job cost, {large:,} vs {small:,} rows in the table (bench.scale)",
-                     f"{cost:.2f}x", "", "",
-                     f"<= 1.2x: {verdict(cost <= 1.2)}" if large >= 5_000_000 else
-                     "target is for 5M rows"))
+        rows.append(
+            (
+                f"per-job cost, {large:,} vs {small:,} rows in the table (bench.scale)",
+                f"{cost:.2f}x",
+                "",
+                "",
+                f"<= 1.2x: {verdict(cost <= 1.2)}"
+                if large >= 5_000_000
+                else "target is for 5M rows",
+            )
+        )
         for processes, r in sorted(scale.get("processes", {}).items()):
-            rows.append((f"processed jobs/s, {processes} worker process(es) (bench.scale)",
-                         f"{r['jobs_per_s']:,.0f}", "", "", ""))
+            rows.append(
+                (
+                    f"processed jobs/s, {processes} worker process(es) (bench.scale)",
+                    f"{r['jobs_per_s']:,.0f}",
+                    "",
+                    "",
+                    "",
+                )
+            )
         if scale.get("scheduler"):
             s = scale["scheduler"]
-            rows.append((f"scheduler tick promoting {s['scheduled']:,} due jobs (bench.scale)",
-                         f"{s['promote_all_s']:.2f} s", "", "",
-                         f"idle tick {s['idle_tick_s'] * 1000:.1f} ms"))
+            rows.append(
+                (
+                    f"scheduler tick promoting {s['scheduled']:,} due jobs (bench.scale)",
+                    f"{s['promote_all_s']:.2f} s",
+                    "",
+                    "",
+                    f"idle tick {s['idle_tick_s'] * 1000:.1f} ms",
+                )
+            )
 
     dispatch = load("dispatch")
     if dispatch is not None:
         when.append(f"dispatch {dispatch['_mtime']}")
         us = dispatch["execute_ns"] / 1000
-        rows.append(("dispatch: execute, no I/O (bench.dispatch)", f"{us:.1f} µs",
-                     "kyu (Go) ~0.95 µs", "", f"< 10 µs: {verdict(us < 10)}"))
+        rows.append(
+            (
+                "dispatch: execute, no I/O (bench.dispatch)",
+                f"{us:.1f} µs",
+                "kyu (Go) ~0.95 µs",
+                "",
+                f"< 10 µs: {verdict(us < 10)}",
+            )
+        )
 
     m = machine()
     lines = [

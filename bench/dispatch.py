@@ -19,7 +19,7 @@ from typing import Any
 import trio
 
 from kyu_trio import Job, JobStatus
-from kyu_trio.runtime._handlers import HandlerSpec, Registry
+from kyu_trio._runtime._handlers import HandlerSpec, Registry
 
 from ._common import machine, write_results
 

@@ -121,14 +121,20 @@ def plot(runs: list[dict[str, Any]]) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("latency: matplotlib is not importable (pip install -r bench/requirements.txt);"
-              " no plot drawn")
+        print(
+            "latency: matplotlib is not importable (pip install -r bench/requirements.txt);"
+            " no plot drawn"
+        )
         return
     fig, ax = plt.subplots(figsize=(7, 4))
     width = 0.25
     for i, key in enumerate(("p50_ms", "p95_ms", "p99_ms")):
-        ax.bar([x + (i - 1) * width for x in range(len(runs))], [r[key] for r in runs],
-               width, label=key.split("_")[0])
+        ax.bar(
+            [x + (i - 1) * width for x in range(len(runs))],
+            [r[key] for r in runs],
+            width,
+            label=key.split("_")[0],
+        )
     ax.set_xticks(range(len(runs)), [f"{r['rate']:,}/s" for r in runs])
     ax.set_ylabel("enqueue -> handler start (ms)")
     ax.set_title("kyu-trio pickup latency")

@@ -15,9 +15,11 @@ import psycopg
 import trio
 
 from kyu_trio import Config, EnqueueRequest, Queue
-from kyu_trio.broker._redis import RedisBroker
-from kyu_trio.runtime._scheduler import Scheduler
-from kyu_trio.store._postgres import PostgresStore
+from kyu_trio._broker._redis import RedisBroker
+from kyu_trio._runtime._metrics import Metrics
+from kyu_trio._runtime._scheduler import Scheduler
+from kyu_trio._runtime._service import Context
+from kyu_trio._store._postgres import PostgresStore
 
 from ._common import DSN, REDIS_URL, machine, new_queue_name, run_workers, write_results
 from .throughput import cleanup
@@ -63,14 +65,15 @@ async def scheduler_ticks(queue_name: str) -> tuple[float, float]:
     await store.open()
     await broker.open()
     try:
-        scheduler = Scheduler(
+        context = Context(
             queue=queue_name,
             store=store,
             broker=broker,
             clock=_Clock(),
-            interval=5,
-            logger=_quiet(),
+            log=_quiet(),
+            metrics=Metrics(queue_name, "bench", lambda _job_type: True),
         )
+        scheduler = Scheduler(context, interval=5)
         await broker.claim_epoch(queue_name)  # measure promotion, not a first-start resync
         started = time.perf_counter()
         await scheduler.run_once()

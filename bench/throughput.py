@@ -88,9 +88,7 @@ def main() -> None:
             floor_q + "-single", args.single
         )
         trio.run(enqueue_figures, floor_q, jobs, 0)
-        results["floor"] = run_workers(
-            "bench.floor", floor_q, args.processes, args.workers, jobs
-        )
+        results["floor"] = run_workers("bench.floor", floor_q, args.processes, args.workers, jobs)
     finally:
         cleanup(kyu_q, kyu_q + "-single", floor_q, floor_q + "-single")
     kyu, floor, enq = results["kyu"], results["floor"], results["enqueue"]

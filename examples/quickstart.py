@@ -85,8 +85,9 @@ def make_queue() -> Queue:
         try:
             await call_next()
         finally:
-            log.info("%s %s ran for %.3fs", job.job_type, job.id[-8:],
-                     trio.current_time() - started)
+            log.info(
+                "%s %s ran for %.3fs", job.job_type, job.id[-8:], trio.current_time() - started
+            )
 
     queue.use(timing)
     return queue
@@ -107,8 +108,7 @@ def print_table(jobs: list[Job]) -> None:
     # Ids are time-ordered (their first digits are the creation time), so their last
     # eight digits are the ones that tell jobs apart.
     rows += [
-        (job.id[-8:], job.job_type, job.status.value, str(job.retry_count),
-         job.error_message or "")
+        (job.id[-8:], job.job_type, job.status.value, str(job.retry_count), job.error_message or "")
         for job in jobs
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
@@ -148,19 +148,23 @@ async def main() -> int:
     async with queue:  # connects; creates the kyu_jobs table on first use
         scheduled_at = datetime.now(UTC) + timedelta(seconds=2)
         names = ["greet", "flaky", "always_fails", "report"]
-        ids = await queue.enqueue_many([
-            EnqueueRequest("greet", json.dumps({"name": "trio"})),
-            EnqueueRequest("flaky", "{}", max_retries=3),
-            EnqueueRequest("always_fails", "payload-42", max_retries=1),
-            EnqueueRequest("report", "daily", scheduled_at=scheduled_at, priority=5),
-        ])
+        ids = await queue.enqueue_many(
+            [
+                EnqueueRequest("greet", json.dumps({"name": "trio"})),
+                EnqueueRequest("flaky", "{}", max_retries=3),
+                EnqueueRequest("always_fails", "payload-42", max_retries=1),
+                EnqueueRequest("report", "daily", scheduled_at=scheduled_at, priority=5),
+            ]
+        )
         log.info("enqueued %d jobs; serving until they are all finished", len(ids))
 
         jobs: list[Job] = []
         async with trio.open_nursery() as nursery:
 
-            async def serve(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-                            ) -> None:
+            async def serve(
+                *,
+                task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+            ) -> None:
                 await queue.serve(task_status=task_status)
                 nursery.cancel_scope.cancel()  # stopped early (Ctrl-C): stop waiting too
 

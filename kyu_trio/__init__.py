@@ -15,6 +15,7 @@ Example::
     trio.run(queue.serve)
 """
 
+from ._broker._memory import MemoryBroker as MemoryBroker
 from ._clock import Clock as Clock
 from ._clock import SystemClock as SystemClock
 from ._clock import TrioClock as TrioClock
@@ -27,6 +28,7 @@ from ._errors import JobNotFound as JobNotFound
 from ._errors import KyuConnectionError as KyuConnectionError
 from ._errors import KyuError as KyuError
 from ._errors import MetricsPortError as MetricsPortError
+from ._errors import MissingExtraError as MissingExtraError
 from ._errors import NotConnectedError as NotConnectedError
 from ._errors import SchemaError as SchemaError
 from ._errors import ServerError as ServerError
@@ -34,20 +36,28 @@ from ._errors import UnknownJobType as UnknownJobType
 from ._job import EnqueueRequest as EnqueueRequest
 from ._job import Job as Job
 from ._job import JobStatus as JobStatus
+from ._ports import Broker as Broker
+from ._ports import Store as Store
+from ._runtime._handlers import CallNext as CallNext
+from ._runtime._handlers import Handler as Handler
+from ._runtime._handlers import Middleware as Middleware
+from ._runtime._handlers import current_job as current_job
+from ._runtime._queue import Queue as Queue
+from ._runtime._summary import RunSummary as RunSummary
 from ._stats import Stats as Stats
+from ._store._memory import MemoryStore as MemoryStore
 from ._version import __version__ as __version__
-from .broker._memory import MemoryBroker as MemoryBroker
-from .runtime._handlers import current_job as current_job
-from .runtime._queue import Queue as Queue
-from .store._memory import MemoryStore as MemoryStore
 
 __all__ = [
+    "Broker",
+    "CallNext",
     "Clock",
     "CommandError",
     "Config",
     "ConfigError",
     "EnqueueOutcomeUnknown",
     "EnqueueRequest",
+    "Handler",
     "InvalidJobError",
     "Job",
     "JobNotFound",
@@ -57,11 +67,15 @@ __all__ = [
     "MemoryBroker",
     "MemoryStore",
     "MetricsPortError",
+    "Middleware",
+    "MissingExtraError",
     "NotConnectedError",
     "Queue",
+    "RunSummary",
     "SchemaError",
     "ServerError",
     "Stats",
+    "Store",
     "SystemClock",
     "TrioClock",
     "UnknownJobType",

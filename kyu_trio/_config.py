@@ -122,10 +122,12 @@ class Config:
         config = Config.from_env()   # KYU_DSN, KYU_REDIS_URL, KYU_WORKERS, ...
     """
 
-    dsn: str = attrs.field(default="postgresql://localhost:5432/kyu", validator=_check_dsn,
-                           repr=mask_password)
-    redis_url: str = attrs.field(default="redis://localhost:6379/0", validator=_check_redis,
-                                 repr=mask_password)
+    dsn: str = attrs.field(
+        default="postgresql://localhost:5432/kyu", validator=_check_dsn, repr=mask_password
+    )
+    redis_url: str = attrs.field(
+        default="redis://localhost:6379/0", validator=_check_redis, repr=mask_password
+    )
     #: Jobs run at once per process. Chosen for async I/O-bound handlers (the common case),
     #: whose throughput grows with concurrency: see bench/results/peers-defaults.md (other
     #: values, and pgqueuer at its defaults, in the same rounds).
@@ -146,8 +148,9 @@ class Config:
     #: Connections in each of the PostgreSQL and Redis pools (and threads using them).
     pool_size: int = attrs.field(default=10, validator=_count(MAX_POOL_SIZE))
     #: Largest payload `enqueue` accepts, in bytes of UTF-8.
-    max_payload_bytes: int = attrs.field(default=10 * 1024 * 1024,
-                                         validator=_count(MAX_PAYLOAD_BYTES))
+    max_payload_bytes: int = attrs.field(
+        default=10 * 1024 * 1024, validator=_count(MAX_PAYLOAD_BYTES)
+    )
     #: Wait for PostgreSQL's WAL flush on enqueue and on recording outcomes. Off trades
     #: durability for speed: a PostgreSQL crash may forget the last few hundred ms of
     #: enqueued jobs and outcomes (outcomes are then re-run: still at-least-once).

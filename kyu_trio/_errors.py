@@ -100,3 +100,32 @@ class EnqueueOutcomeUnknown(KyuConnectionError):
     def __init__(self, message: str, job_ids: list[str]) -> None:
         super().__init__(message)
         self.job_ids = job_ids
+
+
+class MissingExtraError(KyuError, ImportError):
+    """A feature needs an optional package that is not installed; the message names the
+    extra that installs it.
+
+    Example::
+
+        try:
+            queue.register("fetch", fetch, asyncio=True)
+        except kyu_trio.MissingExtraError as exc:
+            print(exc)  # ... pip install 'kyu-trio[asyncio]'
+    """
+
+
+def require_extra(module: str, *, extra: str, feature: str) -> None:
+    """Raise `MissingExtraError` unless the top-level ``module`` can be imported (it is only
+    looked up, not imported)."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ImportError:  # a finder may refuse the name outright
+        found = False
+    if not found:
+        raise MissingExtraError(
+            f"{feature} needs the {module!r} package, which is not installed: "
+            f"pip install 'kyu-trio[{extra}]'"
+        )

@@ -27,10 +27,8 @@ class JobStatus(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
-#: States from which a worker may claim a job once it is due.
+#: States from which a worker may claim a job once it is due (and `cancel_job` cancel it).
 READY_STATES = frozenset({JobStatus.PENDING, JobStatus.SCHEDULED, JobStatus.FAILED})
-#: States from which `cancel_job` may cancel a job.
-CANCELLABLE_STATES = READY_STATES
 #: States a job never leaves.
 FINAL_STATES = frozenset({JobStatus.COMPLETED, JobStatus.DEAD, JobStatus.CANCELLED})
 

@@ -59,17 +59,15 @@ class Failure:
 
 
 @attrs.frozen
-class Rescue:
-    """What a reaper pass did: jobs put back to pending (to push), and ids marked dead."""
-
-    requeued: list[Ready]
-    dead: list[str]
-
-
-@attrs.frozen
 class QueueStats:
     counts: dict[JobStatus, int]
     oldest_due: datetime | None  # earliest due time among ready jobs not yet started
+
+    def lag(self, now: datetime) -> float:
+        """Seconds the longest-waiting ready job has waited past its due time (0 if none)."""
+        if self.oldest_due is None:
+            return 0.0
+        return max((now - self.oldest_due).total_seconds(), 0.0)
 
 
 class CancelOutcome:
@@ -85,15 +83,27 @@ class CancelResult:
 
 
 class Store(Protocol):
-    """Durable job state. Implementations: `PostgresStore`, `MemoryStore`."""
+    """Durable job state: what `Queue(store=...)` accepts. Implementations:
+    `PostgresStore` (the default) and `MemoryStore`.
+
+    Unstable: this protocol is for writing adapters and may change in any release
+    until 1.0; applications should not call its methods.
+
+    Example::
+
+        queue = Queue(store=MemoryStore(), broker=MemoryBroker())
+    """
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
 
     async def insert_jobs(
-        self, jobs: Sequence[NewJob], now: datetime,
+        self,
+        jobs: Sequence[NewJob],
+        now: datetime,
         after_commit: Callable[[list[Ready]], None] | None = None,
-        *, again: bool = False,
+        *,
+        again: bool = False,
     ) -> list[Ready]:
         """Insert jobs in order; return the PENDING ones (to push) with their sequence.
 
@@ -134,7 +144,10 @@ class Store(Protocol):
 
     async def fail_jobs(
         self, failures: Sequence[Failure], worker_id: str, now: datetime
-    ) -> list[str]: ...
+    ) -> list[str]:
+        """RUNNING -> FAILED (retry at ``due``, retry_count + 1) or DEAD, for jobs that
+        ``worker_id`` still holds under each failure's lease; return those ids."""
+        ...
 
     async def requeue_jobs(
         self, leases: Sequence[Lease], worker_id: str, now: datetime
@@ -148,11 +161,13 @@ class Store(Protocol):
         """SCHEDULED/FAILED jobs due by ``now`` -> PENDING, in due order; at most ``limit``."""
         ...
 
-    async def rescue_stale(
+    async def stale_jobs(
         self, queue: str, now: datetime, stale_before: datetime, limit: int
-    ) -> Rescue:
-        """RUNNING jobs whose heartbeat is older than ``stale_before`` and whose own
-        ``job_timeout`` has passed -> PENDING spending a retry, or DEAD when none is left."""
+    ) -> list[Job]:
+        """Up to ``limit`` RUNNING jobs whose heartbeat is older than ``stale_before`` and
+        whose own ``job_timeout`` has passed since their claim, stalest first: jobs of a
+        lost worker. Only reads; the reaper fails them with `fail_jobs`, fenced by each
+        job's own lease (``locked_by`` and ``attempt``)."""
         ...
 
     async def pending_after(self, queue: str, after_seq: int, limit: int) -> list[Ready]:
@@ -169,6 +184,11 @@ class Store(Protocol):
 
     async def ping(self) -> None:
         """Raise `KyuConnectionError` unless the store answers."""
+        ...
+
+    async def schema_version(self) -> tuple[int, int]:
+        """The schema version the database had when `open` ran (before it migrated; 0 for
+        none), and the one it has now."""
         ...
 
     async def retry_jobs(self, ids: Sequence[str], now: datetime) -> list[tuple[Ready, str]]:
@@ -193,9 +213,14 @@ class Store(Protocol):
 
 
 class Broker(Protocol):
-    """The dispatch queue: per-queue sets of ready job ids, lowest score first.
+    """The dispatch queue: per-queue sets of ready job ids, lowest score first. What
+    `Queue(broker=...)` accepts; implementations: `RedisBroker` (the default) and
+    `MemoryBroker`. Unstable, as `Store` is: for adapters, and it may change before 1.0.
 
-    Implementations: `RedisBroker`, `MemoryBroker`.
+    Example::
+
+        broker = MemoryBroker()
+        queue = Queue(broker=broker)  # jobs stay in PostgreSQL, dispatch goes in memory
     """
 
     async def open(self) -> None: ...

@@ -50,8 +50,8 @@ import trio
 from prometheus_client.registry import Collector
 
 from ._errors import KyuError
-from .runtime._http import Response, Route, serve_http
-from .runtime._queue import Queue
+from ._runtime._http import Response, Route, serve_http
+from ._runtime._queue import Queue
 
 #: Set in each child's environment by the supervisor (JSON: index, fd, metrics, overrides).
 CHILD_ENV = "KYU_TRIO_WORKER_PROCESS"

@@ -1,1 +1,3 @@
+"""The version of kyu-trio: its one home (pyproject.toml reads it from here)."""
+
 __version__ = "0.1.0"

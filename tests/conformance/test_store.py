@@ -165,7 +165,7 @@ async def test_requeue_keeps_retry_count_and_gets_new_seq(store: Any, queue_name
     assert (got.status, got.retry_count) == (JobStatus.PENDING, 0)
 
 
-async def test_rescue_stale_respects_heartbeat_and_job_timeout(store: Any, queue_name: str) -> None:
+async def test_stale_jobs_respects_heartbeat_and_job_timeout(store: Any, queue_name: str) -> None:
     a, b = new(queue_name, retries=1), new(queue_name, retries=0)
     await store.insert_jobs([a, b], T0)
     await store.claim_jobs(queue_name, [a.id, b.id], "w", T0)
@@ -173,20 +173,50 @@ async def test_rescue_stale_respects_heartbeat_and_job_timeout(store: Any, queue
     await store.heartbeat([Lease(a.id, 1)], "w", later)
     now = T0 + timedelta(seconds=40)
     # Stale means: heartbeat older than 20 s ago. Only b qualifies.
-    rescue = await store.rescue_stale(queue_name, now, now - timedelta(seconds=20), 10)
-    assert rescue.requeued == []
-    assert rescue.dead == [b.id]
-    got_b = await store.get_job(b.id)
-    assert got_b.error_message == "worker lost while running (attempt 1)"
-    much_later = T0 + timedelta(seconds=100)
-    rescue = await store.rescue_stale(
-        queue_name, much_later, much_later - timedelta(seconds=20), 10
+    [stale] = await store.stale_jobs(queue_name, now, now - timedelta(seconds=20), 10)
+    assert (stale.id, stale.status, stale.locked_by, stale.attempt) == (
+        b.id,
+        JobStatus.RUNNING,
+        "w",
+        1,
     )
-    assert [r.id for r in rescue.requeued] == [a.id]
-    got_a = await store.get_job(a.id)
-    assert (got_a.status, got_a.retry_count) == (JobStatus.PENDING, 1)
-    # The lost worker's late write is fenced.
-    assert await store.complete_jobs([Lease(a.id, 1)], "w", much_later) == []
+    much_later = T0 + timedelta(seconds=100)
+    both = await store.stale_jobs(queue_name, much_later, much_later - timedelta(seconds=20), 10)
+    assert [j.id for j in both] == [b.id, a.id]  # stalest heartbeat first
+    assert [
+        j.id
+        for j in await store.stale_jobs(
+            queue_name, much_later, much_later - timedelta(seconds=20), 1
+        )
+    ] == [b.id]
+    # Only reads: both are still running under the lost worker's lease.
+    assert {(await store.get_job(j.id)).status for j in both} == {JobStatus.RUNNING}
+
+
+async def test_a_rescue_is_the_failure_write_fenced_by_the_lost_lease(
+    store: Any, queue_name: str
+) -> None:
+    job = new(queue_name, retries=1)
+    await store.insert_jobs([job], T0)
+    await store.claim_jobs(queue_name, [job.id], "lost", T0)
+    due = T0 + timedelta(seconds=50)
+    failure = Failure(
+        Lease(job.id, 1), JobStatus.FAILED, "worker lost while running (attempt 1)", due
+    )
+    # Fenced by the job's own lease: another worker id or another attempt writes nothing.
+    assert await store.fail_jobs([failure], "other", T0) == []
+    assert await store.fail_jobs([attrs.evolve(failure, lease=Lease(job.id, 2))], "lost", T0) == []
+    assert await store.fail_jobs([failure], "lost", T0) == [job.id]
+    got = await store.get_job(job.id)
+    assert (got.status, got.retry_count, got.scheduled_at, got.error_message) == (
+        JobStatus.FAILED,
+        1,
+        due,
+        "worker lost while running (attempt 1)",
+    )
+    # The lost worker's late write is fenced, and the rescued job is no longer stale.
+    assert await store.complete_jobs([Lease(job.id, 1)], "lost", due) == []
+    assert await store.stale_jobs(queue_name, due, due, 10) == []
 
 
 async def test_pending_after_pages_by_seq(store: Any, queue_name: str) -> None:

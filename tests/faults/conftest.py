@@ -8,7 +8,6 @@ free ports, and kills and restarts them at will. Worker processes are
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from kyu_trio import _dev
+from kyu_trio._servers import DevServerError
 from tests.faults.harness import (
     EXEC_TABLE_DDL,
     FaultEnv,
@@ -34,8 +35,10 @@ def fault_pg() -> Iterator[ThrowawayPostgres]:
             "tests/faults needs the PostgreSQL server binaries (initdb, pg_ctl): install "
             "postgresql or set KYU_FAULTS_PG_BINDIR"
         )
-    if shutil.which("redis-server") is None:
-        pytest.skip("tests/faults needs redis-server on PATH")
+    try:  # the system's redis-server, else the embedded Valkey, as `kyu-trio dev` finds it
+        _dev.find_redis(_dev.mode_from_env())
+    except DevServerError as exc:
+        pytest.skip(f"tests/faults needs a Redis server binary: {exc}")
     server = ThrowawayPostgres(bindir)
     try:
         server.start()

@@ -1,5 +1,5 @@
-"""Machinery of the fault-injection suite: throwaway servers, worker processes, and the
-invariant checker.
+"""Machinery of the fault-injection suite: throwaway servers (those of `kyu-trio dev`,
+with the watchdog), worker processes, and the invariant checker.
 
 Everything here is synchronous on purpose: the tests watch *other* processes, so they
 poll the database with ``time.sleep`` and never run inside a trio event loop (the only
@@ -9,14 +9,12 @@ async code, enqueueing through the public API, runs in its own ``trio.run``).
 from __future__ import annotations
 
 import contextlib
-import glob
 import itertools
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -24,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import redis
 import trio
 
-from kyu_trio import Config, EnqueueRequest, Queue
-from tests.conftest import ThrowawayRedis, free_port
+from kyu_trio import Config, EnqueueRequest, Queue, _dev
+from kyu_trio._servers import DevServerError, PostgresServer, make_tmpdir
+from tests.conftest import ThrowawayRedis
 from tests.faults.worker import EXEC_TABLE_DDL
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,87 +81,37 @@ WATCHDOG = Watchdog()
 
 
 def find_pg_bindir() -> Path | None:
-    """The directory holding initdb and pg_ctl, or None."""
-    candidates: list[Path] = []
+    """The directory holding initdb and pg_ctl (``KYU_FAULTS_PG_BINDIR``, else those
+    ``kyu-trio dev`` would run), or None."""
     if env := os.environ.get("KYU_FAULTS_PG_BINDIR"):
-        candidates.append(Path(env))
-    candidates += sorted(
-        (Path(p).parent for p in glob.glob("/usr/lib/postgresql/*/bin/initdb")),
-        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
-        reverse=True,
-    )
-    if pg_config := shutil.which("pg_config"):
-        out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True)
-        if out.returncode == 0 and out.stdout.strip():
-            candidates.append(Path(out.stdout.strip()))
-    if initdb := shutil.which("initdb"):
-        candidates.append(Path(initdb).parent)
-    for bindir in candidates:
-        if (bindir / "initdb").is_file() and (bindir / "pg_ctl").is_file():
-            return bindir
-    return None
+        return Path(env) if (Path(env) / "initdb").is_file() else None
+    try:
+        return _dev.find_postgres(_dev.mode_from_env())[0]
+    except DevServerError:
+        return None
 
 
-class ThrowawayPostgres:
-    """A PostgreSQL cluster of our own, in a temporary directory, on a free port.
-
-    initdb and pg_ctl refuse to run as root, so as root they run as ``postgres``.
-    """
+class ThrowawayPostgres(PostgresServer):
+    """The suite's PostgreSQL cluster (`kyu_trio._servers.PostgresServer`, as `kyu-trio
+    dev` runs it), which the watchdog stops should this process die without its
+    teardown."""
 
     def __init__(self, bindir: Path) -> None:
-        self.bindir = bindir
-        self.port = free_port()
-        self.tmpdir = Path(tempfile.mkdtemp(prefix="kyu-faults-pg-"))
-        self.datadir = self.tmpdir / "data"
-        self.logfile = self.tmpdir / "postgres.log"
+        super().__init__(bindir, directory=make_tmpdir("kyu-faults-pg-"))
         self._watch: str | None = None
 
     @property
-    def dsn(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+    def tmpdir(self) -> Path:
+        return self._dir
 
-    def _run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        cmd = list(args)
-        if os.geteuid() == 0:
-            cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        if result.returncode != 0:
-            raise RuntimeError(
-                f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n"
-                f"{result.stderr}\n{self.log_tail()}"
-            )
-        return result
-
-    def _pg_ctl(self, *args: str) -> None:
-        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), *args)
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no server log)"
+    @property
+    def datadir(self) -> Path:
+        return self.data_dir
 
     def start(self) -> None:
-        if os.geteuid() == 0:
-            shutil.chown(self.tmpdir, "postgres", "postgres")
-        self._watch = WATCHDOG.add("pg", self.bindir / "pg_ctl", self.datadir, self.tmpdir)
-        self._run(
-            str(self.bindir / "initdb"), "-D", str(self.datadir), "-A", "trust",
-            "-U", "postgres", "-E", "UTF8", "--no-sync",
-        )  # fmt: skip
-        # In postgresql.conf rather than on the command line, so a restart keeps them.
-        with open(self.datadir / "postgresql.conf", "a") as conf:
-            conf.write(
-                "\n# kyu-trio fault suite\n"
-                "listen_addresses = '127.0.0.1'\n"
-                f"port = {self.port}\n"
-                f"unix_socket_directories = '{self.tmpdir}'\n"
-                "fsync = off\n"
-                "synchronous_commit = off\n"
-                "full_page_writes = off\n"
-                "max_connections = 200\n"
-            )
-        self._pg_ctl("-l", str(self.logfile), "-w", "-t", "60", "start")
+        if self._watch is None:
+            self._watch = WATCHDOG.add("pg", self.pg_bin / "pg_ctl", self.datadir, self.tmpdir)
+        super().start()
         self.wait_ready()
 
     def wait_ready(self, limit: float = 30.0) -> None:
@@ -187,21 +135,16 @@ class ThrowawayPostgres:
 
     def restart(self) -> None:
         """``pg_ctl restart -m fast``: every connection is cut, the server comes back."""
-        self._pg_ctl("-l", str(self.logfile), "-m", "fast", "-w", "-t", "60", "restart")
+        super().restart()
         self.wait_ready()
-
-    def stop(self) -> None:
-        self._pg_ctl("-m", "fast", "-w", "stop")
 
     def ensure_running(self) -> None:
         if not self.is_running():
-            self._pg_ctl("-l", str(self.logfile), "-w", "-t", "60", "start")
-            self.wait_ready()
+            self.start()
 
     def destroy(self) -> None:
-        if (self.datadir / "postmaster.pid").exists():
-            with contextlib.suppress(RuntimeError):
-                self._pg_ctl("-m", "immediate", "-w", "stop")
+        with contextlib.suppress(DevServerError):
+            self.stop("immediate")
         shutil.rmtree(self.tmpdir, ignore_errors=True)
         WATCHDOG.remove(self._watch)
         self._watch = None
@@ -211,30 +154,25 @@ class ThrowawayPostgres:
 
 
 class FaultRedis(ThrowawayRedis):
-    """A throwaway redis-server (no persistence) with the faults we inject."""
+    """A throwaway Redis (no persistence) with the faults we inject; `stop` and `kill`
+    both kill it (SIGKILL)."""
 
     _watch: str | None = None
 
     def start(self) -> None:
         super().start()
-        assert self.proc is not None
-        self._watch = WATCHDOG.add("kill", self.proc.pid)
+        assert self.pid is not None
+        self._watch = WATCHDOG.add("kill", self.pid)
 
-    def stop(self) -> None:
-        super().stop()
+    def kill(self) -> None:
+        super().kill()
         WATCHDOG.remove(self._watch)
         self._watch = None
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_connect_timeout=2)
 
     def flushall(self) -> None:
         client = self.client()
         client.flushall()
         client.close()
-
-    def kill(self) -> None:
-        self.stop()  # SIGKILL
 
     def restart_empty(self) -> None:
         """Kill it and start an empty one on the same port (no persistence)."""

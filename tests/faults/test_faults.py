@@ -224,11 +224,11 @@ def test_postgres_restart_mid_run(env: FaultEnv) -> None:
 def test_postgres_down_enqueue_fails_cleanly(env: FaultEnv, monkeypatch: Any) -> None:
     """PostgreSQL stopped for 3 s mid-run: enqueue() raises KyuConnectionError and
     leaves no id in Redis; the workers survive and finish every job once it is back."""
-    from kyu_trio.runtime import _queue
+    from kyu_trio._runtime import _enqueue
 
     # The enqueue repeats its insert for up to 5 s before it gives up (a lost answer may
     # hide a commit); keep the outage at 3 s, as the stale_job_timeout of 1 s assumes.
-    monkeypatch.setattr(_queue, "ENQUEUE_RETRY_LIMIT", 0.3)
+    monkeypatch.setattr(_enqueue, "ENQUEUE_RETRY_LIMIT", 0.3)
     workers = [env.start_worker(workers=2), env.start_worker(workers=2)]
 
     async def scenario() -> list[str]:

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 import trio
 
+from kyu_trio._broker._redis import RedisBroker
 from kyu_trio._ports import Ready
-from kyu_trio.broker._redis import RedisBroker
-from kyu_trio.store._postgres import PostgresStore
+from kyu_trio._store._postgres import PostgresStore
 from tests.faults.harness import FaultEnv, ThrowawayPostgres, Worker, record_jobs
 
 pytestmark = pytest.mark.integration

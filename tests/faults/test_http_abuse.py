@@ -25,8 +25,8 @@ import trio
 
 from kyu_trio import Queue
 from kyu_trio._errors import KyuError, MetricsPortError
-from kyu_trio.runtime import _http
-from kyu_trio.runtime._http import Response, Route, serve_http
+from kyu_trio._runtime import _http
+from kyu_trio._runtime._http import Response, Route, serve_http
 from tests.faults.harness import FaultEnv
 
 ROOT = str(Path(__file__).resolve().parents[2])

@@ -66,9 +66,9 @@ async def test_enqueue_gives_up_with_the_ids_when_the_answer_never_comes(
     pg_dsn: str, make_config: Callable[..., Config], monkeypatch: Any
 ) -> None:
     from kyu_trio import EnqueueOutcomeUnknown
-    from kyu_trio.runtime import _queue
+    from kyu_trio._runtime import _enqueue
 
-    monkeypatch.setattr(_queue, "ENQUEUE_RETRY_LIMIT", 0.5)
+    monkeypatch.setattr(_enqueue, "ENQUEUE_RETRY_LIMIT", 0.5)
     with lossy_proxy(_pg_port(pg_dsn)) as proxy:
         config = make_config(dsn=_through(pg_dsn, proxy))
         async with Queue(config) as queue:

@@ -24,10 +24,10 @@ import redis
 import trio
 
 from kyu_trio import Config, JobStatus, KyuConnectionError, Queue, current_job
+from kyu_trio._broker._redis import RedisBroker
 from kyu_trio._errors import CommandError, ServerError
 from kyu_trio._ports import Ready
-from kyu_trio.broker._redis import RedisBroker
-from kyu_trio.store._postgres import PostgresStore
+from kyu_trio._store._postgres import PostgresStore
 from tests.conftest import PG_ADMIN, _dsn_for
 from tests.faults.harness import FAST, FaultRedis
 

@@ -29,7 +29,7 @@ from kyu_trio import (
     TrioClock,
 )
 from kyu_trio._ports import Lease, NewJob
-from kyu_trio.store._postgres import PostgresStore
+from kyu_trio._store._postgres import PostgresStore
 from tests.faults.harness import ThrowawayPostgres
 
 pytestmark = pytest.mark.integration

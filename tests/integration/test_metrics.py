@@ -50,8 +50,8 @@ EXPECTED_HELP = {
         "Due scheduled jobs and retries that this process's scheduler pushed to Redis"
     ),
     "kyu_reaper_rescued": (
-        "Jobs this process's reaper took back from lost workers (requeued, or dead when no "
-        "retry was left)"
+        "Jobs this process's reaper took back from lost workers (failed with a retry due "
+        "after the usual backoff, or dead when no retry was left)"
     ),
     "kyu_redis_resyncs": (
         "Times this process refilled Redis from PostgreSQL (Redis was new, flushed or "

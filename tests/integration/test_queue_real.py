@@ -16,7 +16,7 @@ import redis
 import trio
 
 from kyu_trio import Config, JobNotFound, JobStatus, Queue, current_job
-from kyu_trio.store._postgres import SCHEMA_VERSION
+from kyu_trio._store._postgres import SCHEMA_VERSION
 
 pytestmark = pytest.mark.integration
 
@@ -193,13 +193,13 @@ async def test_concurrent_connects_migrate_once(pg_dsn: str, redis_url: str) -> 
 async def test_maintenance_queries_use_their_index(
     real_queue: Queue, pg_dsn: str, name: str, sql: str, index: str
 ) -> None:
-    from kyu_trio.store import _queries as q
+    from kyu_trio._store import _queries as q
 
     now = datetime.now(UTC)
     statements: dict[str, tuple[str, Any]] = {
         "promote": (q.PROMOTE_DUE, {"queue": "q", "now": now, "limit": 100}),
         "rescue": (
-            q.RESCUE_STALE,
+            q.STALE_JOBS,
             {"queue": "q", "now": now, "stale_before": now, "limit": 100},
         ),
         "pending": (q.PENDING_AFTER, ("q", 0, 100)),
@@ -224,8 +224,9 @@ async def test_maintenance_queries_use_their_index(
     assert index in "\n".join(r[0] for r in plan), name
 
 
-@pytest.mark.parametrize("name", ["complete", "fail", "requeue", "heartbeat", "retry",
-                                  "pending_among", "claim"])
+@pytest.mark.parametrize(
+    "name", ["complete", "fail", "requeue", "heartbeat", "retry", "pending_among", "claim"]
+)
 async def test_writes_by_id_fetch_rows_by_primary_key_only(
     real_queue: Queue, pg_dsn: str, name: str
 ) -> None:
@@ -233,7 +234,7 @@ async def test_writes_by_id_fetch_rows_by_primary_key_only(
     through a partial index: kyu_jobs_running_idx (and _pending_idx) keep one dead entry
     per job that ever ran until VACUUM, so walking one made a 384-row completion take
     450 ms once a few thousand jobs had run."""
-    from kyu_trio.store import _queries as q
+    from kyu_trio._store import _queries as q
 
     now = datetime.now(UTC)
     ids = [str(uuid.uuid4()) for _ in range(400)]
@@ -241,8 +242,15 @@ async def test_writes_by_id_fetch_rows_by_primary_key_only(
     lease = {"ids": ids, "attempts": attempts, "worker": "w", "now": now}
     statements: dict[str, tuple[str, Any]] = {
         "complete": (q.COMPLETE_JOBS, lease),
-        "fail": (q.FAIL_JOBS, {**lease, "statuses": ["failed"] * len(ids),
-                               "due": [now] * len(ids), "messages": ["x"] * len(ids)}),
+        "fail": (
+            q.FAIL_JOBS,
+            {
+                **lease,
+                "statuses": ["failed"] * len(ids),
+                "due": [now] * len(ids),
+                "messages": ["x"] * len(ids),
+            },
+        ),
         "requeue": (q.REQUEUE_JOBS, lease),
         "heartbeat": (q.HEARTBEAT, lease),
         "retry": (q.RETRY_JOBS, {"ids": ids, "now": now}),

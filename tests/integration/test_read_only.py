@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from kyu_trio import Config, JobStatus, KyuConnectionError, Queue, SchemaError
-from kyu_trio.store._postgres import SCHEMA_VERSION, PostgresStore
+from kyu_trio._store._postgres import SCHEMA_VERSION, PostgresStore
 from tests.conftest import PG_ADMIN, _dsn_for
 
 pytestmark = pytest.mark.integration

@@ -137,7 +137,8 @@ def test_dockerfile_copies_existing_files_and_runs_the_load_example() -> None:
         for source in sources:
             assert (ROOT / source).exists(), f"Dockerfile copies {source}, which is missing"
             assert source not in ignored, f"Dockerfile copies {source}, but .dockerignore drops it"
-    assert re.search(r"^RUN pip install \.", text, re.M)
+    # The `binary` extra: psycopg with its own libpq (python:*-slim has none).
+    assert re.search(r"^RUN pip install '\.\[binary\]'", text, re.M)
     assert re.search(r"KYU_METRICS_HOST=0\.0\.0\.0", text)
     cmd = json.loads(re.findall(r"^CMD (.+)$", text, re.M)[-1])
     assert cmd[:2] == ["python", "examples/load.py"]

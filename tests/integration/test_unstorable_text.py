@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from kyu_trio import Config, JobStatus, Queue
-from kyu_trio.runtime._pool import UNSTORABLE_MESSAGE
+from kyu_trio._runtime._pool import UNSTORABLE_MESSAGE
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from kyu_trio import JobStatus, KyuConnectionError
-from kyu_trio.runtime._pool import CLEANUP_LIMIT
+from kyu_trio._runtime._pool import CLEANUP_LIMIT, WorkerPool
 
 from .conftest import Harness
 
@@ -82,7 +82,7 @@ async def _broken(*args: Any, **kwargs: Any) -> Any:
         ("store", "complete_jobs"),  # completer
         ("store", "heartbeat"),  # heartbeat
         ("store", "promote_due"),  # scheduler
-        ("store", "rescue_stale"),  # reaper
+        ("store", "stale_jobs"),  # reaper
         ("store", "queue_stats"),  # metrics sampler
         ("broker", "pop"),  # fetcher
     ],
@@ -147,7 +147,7 @@ async def test_crash_in_the_completer_requeues_the_jobs_it_held(
 
 
 async def test_pool_stopping_unasked_is_an_error_not_a_clean_return(
-    autojump_clock: Any, harness: Harness
+    autojump_clock: Any, harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     queue = harness.queue()
 
@@ -155,14 +155,7 @@ async def test_pool_stopping_unasked_is_an_error_not_a_clean_return(
         task_status.started()
 
     async with queue:
-        real = queue._new_pool
-
-        def new_pool(*args: Any, **kwargs: Any) -> Any:
-            pool = real(*args, **kwargs)
-            pool.run = returns_at_once
-            return pool
-
-        queue._new_pool = new_pool  # type: ignore[method-assign]
+        monkeypatch.setattr(WorkerPool, "run", lambda self, **kw: returns_at_once(**kw))
         with pytest.raises(Exception, match="stopped without being asked"):
             await queue.serve()
 
@@ -289,8 +282,8 @@ async def test_second_signal_bounds_a_hung_write(autojump_clock: Any, harness: H
             queue.shutdown()
             await trio.sleep(1)
             t0 = trio.current_time()
-            assert queue._pool is not None
-            queue._pool.cancel_jobs()  # what the second SIGTERM does
+            assert queue._serving is not None
+            queue._serving.pool.cancel_jobs()  # what the second SIGTERM does
         assert trio.current_time() - t0 <= CLEANUP_LIMIT + 1
         # Never requeued: left to the reaper, as the log says.
         assert (await queue.inspect(job_id)).status is JobStatus.RUNNING
@@ -333,3 +326,27 @@ async def test_a_claim_whose_answer_was_lost_runs_its_jobs_once(
     assert any("claim's answer was lost" in r.getMessage() for r in caplog.records)
     # Nothing the lost claim took was pushed back to run a second time.
     assert await harness.broker.size(queue.config.queue_name) == 0
+
+
+async def test_shutdown_is_bounded_when_a_claim_never_answers(
+    autojump_clock: Any, harness: Harness
+) -> None:
+    # PostgreSQL frozen mid-claim: the shielded claim must not hold shutdown up past the
+    # grace period and the cleanup limit; its ids go back to Redis.
+    queue = harness.queue(shutdown_grace=2.0)
+    claiming = trio.Event()
+
+    async def never(*args: Any) -> Any:
+        claiming.set()
+        await trio.sleep_forever()
+
+    harness.store.claim_jobs = never  # type: ignore[method-assign]
+    async with queue:
+        job_id = await queue.enqueue("t", "")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(queue.serve)
+            await claiming.wait()
+            t0 = trio.current_time()
+            queue.shutdown()
+        assert trio.current_time() - t0 <= 2.0 + CLEANUP_LIMIT + 1
+        assert list(await harness.broker.pop(queue.config.queue_name, 5)) == [job_id]

@@ -104,10 +104,12 @@ async def test_runtime_task_crash_fails_serve_loudly(autojump_clock: Any, harnes
             await queue.serve()
 
 
-async def test_reaper_rescues_lost_job_spending_a_retry_and_pushes_it(
+async def test_reaper_fails_a_lost_job_with_backoff_then_it_runs_again(
     autojump_clock: Any, harness: Harness
 ) -> None:
-    queue = harness.queue(stale_job_timeout=60.0, reaper_interval=10.0)
+    """A rescue is a failure like any other: it spends a retry and waits out the retry
+    policy's backoff (1 s after a first failure) before the scheduler makes it ready."""
+    queue = harness.queue(stale_job_timeout=60.0, reaper_interval=10.0, scheduler_interval=0.25)
     ran: list[int] = []
 
     @queue.handler("t")
@@ -125,7 +127,14 @@ async def test_reaper_rescues_lost_job_spending_a_retry_and_pushes_it(
             await nursery.start(queue.serve)
             await trio.sleep(65)  # stale at 60 s; the reaper ticks at 10, 20, ..., 70
             assert ran == []
-            await trio.sleep(10)
+            rescued_at = harness.clock.now() + timedelta(seconds=5)
+            await trio.sleep(5.5)
+            job = await queue.inspect(job_id)
+            assert (job.status, job.retry_count) == (JobStatus.FAILED, 1)
+            assert job.error_message == "worker lost while running (attempt 1)"
+            assert job.scheduled_at == rescued_at + timedelta(seconds=1)  # the backoff
+            assert ran == []
+            await trio.sleep(1)
             assert ran == [1]
             queue.shutdown()
         job = await queue.inspect(job_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.samples import Sample
 
-from kyu_trio.runtime._metrics import HELP, Metrics, QueueSample
+from kyu_trio._runtime._metrics import HELP, Metrics, QueueSample
 
 SAMPLED = {"kyu_queue_depth", "kyu_queue_lag_seconds", "kyu_jobs_by_status"}
 

@@ -157,7 +157,7 @@ def test_addresses() -> None:
 
 
 def test_metric_labels_stay_bounded_for_unknown_job_types() -> None:
-    from kyu_trio.runtime._metrics import Metrics
+    from kyu_trio._runtime._metrics import Metrics
 
     metrics = Metrics("q", "0", {"known"}.__contains__)
     for i in range(1000):
@@ -173,7 +173,7 @@ def test_metric_labels_stay_bounded_for_unknown_job_types() -> None:
 
 
 def test_zpopmin_reply_parsed_under_both_protocols() -> None:
-    from kyu_trio.broker._redis import _popped
+    from kyu_trio._broker._redis import _popped
 
     resp3 = [[b"a", 1.0], [b"b", 2.5]]
     resp2 = [b"a", b"1", b"b", b"2.5"]
@@ -186,19 +186,30 @@ def test_job_tally_exposes_what_prometheus_client_would() -> None:
     # observations must give the same samples (prometheus-client itself is the oracle).
     from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-    from kyu_trio.runtime._metrics import _DURATION_BUCKETS, Metrics
+    from kyu_trio._runtime._metrics import _DURATION_BUCKETS, Metrics
 
     ours = Metrics("q", "0", lambda job_type: job_type != "unregistered")
     oracle = CollectorRegistry()
-    processed = Counter("kyu_jobs_processed", "Finished runs by outcome", ["queue", "status"],
-                        registry=oracle)
-    duration = Histogram("kyu_job_duration_seconds", "Handler run time",
-                         ["queue", "job_type", "status"], buckets=_DURATION_BUCKETS,
-                         registry=oracle)
+    processed = Counter(
+        "kyu_jobs_processed", "Finished runs by outcome", ["queue", "status"], registry=oracle
+    )
+    duration = Histogram(
+        "kyu_job_duration_seconds",
+        "Handler run time",
+        ["queue", "job_type", "status"],
+        buckets=_DURATION_BUCKETS,
+        registry=oracle,
+    )
     for status in ("completed", "failed", "dead", "requeued"):
         processed.labels(queue="q", status=status)
-    runs = [("a", "completed", 0.0), ("a", "completed", 0.001), ("a", "completed", 0.0011),
-            ("b", "failed", 2.5), ("b", "dead", 400.0), ("unregistered", "completed", 1.0)]
+    runs = [
+        ("a", "completed", 0.0),
+        ("a", "completed", 0.001),
+        ("a", "completed", 0.0011),
+        ("b", "failed", 2.5),
+        ("b", "dead", 400.0),
+        ("unregistered", "completed", 1.0),
+    ]
     for job_type, status, seconds in runs:
         ours.finished(job_type, status, seconds)
         label = "unknown" if job_type == "unregistered" else job_type
@@ -208,8 +219,12 @@ def test_job_tally_exposes_what_prometheus_client_would() -> None:
     def samples(registry: CollectorRegistry) -> list[str]:
         # Ours has no `_created` samples (they read like counts): compare the rest.
         text = generate_latest(registry).decode().splitlines()
-        return sorted(line for line in text if "_created" not in line and line.startswith(
-                          ("kyu_jobs_processed", "kyu_job_duration_seconds")))
+        return sorted(
+            line
+            for line in text
+            if "_created" not in line
+            and line.startswith(("kyu_jobs_processed", "kyu_job_duration_seconds"))
+        )
 
     assert samples(ours.registry) == samples(oracle)
     assert len(samples(oracle)) > 40

@@ -26,16 +26,7 @@ from psycopg.rows import TupleRow
 from .._dsn import mask_password, postgres_address
 from .._errors import CommandError, KyuConnectionError, KyuError, SchemaError, ServerError
 from .._job import Job, JobStatus
-from .._ports import (
-    CancelOutcome,
-    CancelResult,
-    Failure,
-    Lease,
-    NewJob,
-    QueueStats,
-    Ready,
-    Rescue,
-)
+from .._ports import CancelOutcome, CancelResult, Failure, Lease, NewJob, QueueStats, Ready
 from . import _queries as q
 
 T = TypeVar("T")
@@ -52,7 +43,9 @@ CLOSE_TIMEOUT = 0.2
 #: a full disk) still acknowledges at TCP level and is not: against that, a cancelled
 #: call cuts its own socket (see `_Call`).
 TCP_SETTINGS = {
-    "keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5",
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
     "keepalives_count": "3",
 }
 #: Unacknowledged data is given up after this long (libpq 12 and later).
@@ -149,7 +142,7 @@ def _forget_sessions(pool: psycopg_pool.ConnectionPool[Any], conn: psycopg.Conne
 
 
 def _migrations() -> list[tuple[int, str]]:
-    files = resources.files("kyu_trio.store").joinpath("sql")
+    files = resources.files("kyu_trio._store").joinpath("sql")
     found = []
     for entry in files.iterdir():
         if entry.name.endswith(".sql"):
@@ -161,16 +154,45 @@ SCHEMA_VERSION = max(v for v, _ in _migrations())
 
 
 def _to_job(row: TupleRow) -> Job:
-    (id_, queue, job_type, payload, status, priority, scheduled_at, max_retries, retry_count,
-     error_message, locked_by, locked_at, completed_at, job_timeout, created_at, updated_at,
-     attempt, heartbeat_at) = row
+    (
+        id_,
+        queue,
+        job_type,
+        payload,
+        status,
+        priority,
+        scheduled_at,
+        max_retries,
+        retry_count,
+        error_message,
+        locked_by,
+        locked_at,
+        completed_at,
+        job_timeout,
+        created_at,
+        updated_at,
+        attempt,
+        heartbeat_at,
+    ) = row
     return Job(
-        id=str(id_), queue=queue, job_type=job_type, payload=payload,
-        status=JobStatus(status), priority=priority, scheduled_at=scheduled_at,
-        max_retries=max_retries, retry_count=retry_count, error_message=error_message,
-        locked_by=locked_by, locked_at=locked_at, completed_at=completed_at,
-        job_timeout=job_timeout, created_at=created_at, updated_at=updated_at,
-        attempt=attempt, heartbeat_at=heartbeat_at,
+        id=str(id_),
+        queue=queue,
+        job_type=job_type,
+        payload=payload,
+        status=JobStatus(status),
+        priority=priority,
+        scheduled_at=scheduled_at,
+        max_retries=max_retries,
+        retry_count=retry_count,
+        error_message=error_message,
+        locked_by=locked_by,
+        locked_at=locked_at,
+        completed_at=completed_at,
+        job_timeout=job_timeout,
+        created_at=created_at,
+        updated_at=updated_at,
+        attempt=attempt,
+        heartbeat_at=heartbeat_at,
     )
 
 
@@ -199,25 +221,48 @@ def _insert_new(
         return []
     if len(jobs) == 1:
         job = jobs[0]
-        row = conn.execute(q.INSERT_ONE, {
-            "id": job.id, "queue": job.queue, "job_type": job.job_type,
-            "payload": job.payload, "status": job.status.value,
-            "priority": job.priority, "scheduled_at": job.scheduled_at,
-            "max_retries": job.max_retries, "job_timeout": job.job_timeout, "now": now,
-        }).fetchone()
+        row = conn.execute(
+            q.INSERT_ONE,
+            {
+                "id": job.id,
+                "queue": job.queue,
+                "job_type": job.job_type,
+                "payload": job.payload,
+                "status": job.status.value,
+                "priority": job.priority,
+                "scheduled_at": job.scheduled_at,
+                "max_retries": job.max_retries,
+                "job_timeout": job.job_timeout,
+                "now": now,
+            },
+        ).fetchone()
         assert row is not None
         return [Ready(job.id, job.priority, row[0])] if job.status is JobStatus.PENDING else []
     seqs = sorted(r[0] for r in conn.execute(q.NEXT_SEQS, (len(jobs),)))
     # One statement: COPY writes every row or, on any error, none.
     with conn.cursor().copy(q.COPY_JOBS) as copy:
         for job, seq in zip(jobs, seqs, strict=True):
-            copy.write_row((
-                job.id, job.queue, job.job_type, job.payload, job.status.value,
-                job.priority, seq, job.scheduled_at, job.max_retries, job.job_timeout,
-                now, now,
-            ))
-    return [Ready(job.id, job.priority, seq) for job, seq in zip(jobs, seqs, strict=True)
-            if job.status is JobStatus.PENDING]
+            copy.write_row(
+                (
+                    job.id,
+                    job.queue,
+                    job.job_type,
+                    job.payload,
+                    job.status.value,
+                    job.priority,
+                    seq,
+                    job.scheduled_at,
+                    job.max_retries,
+                    job.job_timeout,
+                    now,
+                    now,
+                )
+            )
+    return [
+        Ready(job.id, job.priority, seq)
+        for job, seq in zip(jobs, seqs, strict=True)
+        if job.status is JobStatus.PENDING
+    ]
 
 
 def _installed_version(conn: psycopg.Connection[Any]) -> int:
@@ -239,7 +284,7 @@ def _check_not_newer(current: int) -> None:
 
 def migrate(conn: psycopg.Connection[Any], where: str = "the database") -> int:
     """Bring the schema up to date; safe when many processes start at once. ``conn`` is
-    in autocommit mode.
+    in autocommit mode. Returns the version found before (0 for none).
 
     It writes only when a migration is due, so that a current schema can be used through
     a read-only server (a replica) or a read-only user."""
@@ -267,7 +312,7 @@ def migrate(conn: psycopg.Connection[Any], where: str = "the database") -> int:
             f"cannot migrate there ({exc.sqlstate} {_first_line(exc)}): run `kyu-trio "
             f"migrate` once against the primary, as a user that may create tables"
         ) from None
-    return max(current, SCHEMA_VERSION)
+    return current  # as found under the lock: another process may have migrated first
 
 
 class PostgresStore:
@@ -283,6 +328,7 @@ class PostgresStore:
         self._lease_pool: psycopg_pool.ConnectionPool[Any] | None = None
         self._limiter = trio.CapacityLimiter(pool_size)
         self._lease_limiter = trio.CapacityLimiter(self._lease_pool_size)
+        self._found_version = 0
 
     def _connection_error(self, exc: BaseException) -> KyuConnectionError:
         text = str(exc).strip()
@@ -290,8 +336,10 @@ class PostgresStore:
         # The server answered but said no (no such database, bad password, no such role):
         # that is a setting to fix, not an outage to wait out.
         sqlstate = getattr(exc, "sqlstate", None) or ""
-        if sqlstate.startswith(("28", "3D")) or "does not exist" in text or (
-            "authentication" in text
+        if (
+            sqlstate.startswith(("28", "3D"))
+            or "does not exist" in text
+            or ("authentication" in text)
         ):
             return KyuConnectionError(
                 f"PostgreSQL at {self._address} refused the connection: {reason}"
@@ -331,9 +379,7 @@ class PostgresStore:
         fenced by its lease or conditional on the row's state)."""
         call = _Call()
         try:
-            return await trio.to_thread.run_sync(
-                fn, call, limiter=limiter, abandon_on_cancel=True
-            )
+            return await trio.to_thread.run_sync(fn, call, limiter=limiter, abandon_on_cancel=True)
         except psycopg.Error as exc:
             raise self._error(exc) from None
         except BaseException:
@@ -368,12 +414,19 @@ class PostgresStore:
 
     def _new_pool(self, size: int, synchronous_commit: bool) -> psycopg_pool.ConnectionPool[Any]:
         kwargs: dict[str, Any] = {
-            "autocommit": True, "connect_timeout": CONNECT_TIMEOUT, **_tcp_settings(self._dsn),
+            "autocommit": True,
+            "connect_timeout": CONNECT_TIMEOUT,
+            **_tcp_settings(self._dsn),
         }
         if not synchronous_commit:
             kwargs["options"] = "-c synchronous_commit=off"
         pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
-            self._dsn, min_size=1, max_size=size, open=False, kwargs=kwargs, timeout=30,
+            self._dsn,
+            min_size=1,
+            max_size=size,
+            open=False,
+            kwargs=kwargs,
+            timeout=30,
             name="kyu_trio",
         )
         try:
@@ -389,7 +442,9 @@ class PostgresStore:
             # pool would only say it timed out.
             try:
                 conn = psycopg.connect(
-                    self._dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+                    self._dsn,
+                    autocommit=True,
+                    connect_timeout=CONNECT_TIMEOUT,
                     **_tcp_settings(self._dsn),
                 )
             except psycopg.ProgrammingError as exc:
@@ -400,7 +455,7 @@ class PostgresStore:
             with conn:
                 call.attach(conn)
                 try:
-                    migrate(conn, f"PostgreSQL at {self._address}")
+                    self._found_version = migrate(conn, f"PostgreSQL at {self._address}")
                 finally:
                     call.detach()
             pools = [self._new_pool(self._pool_size, self._synchronous_commit)]
@@ -445,9 +500,12 @@ class PostgresStore:
         await trio.to_thread.run_sync(pool.close, CLOSE_TIMEOUT, abandon_on_cancel=True)
 
     async def insert_jobs(
-        self, jobs: Sequence[NewJob], now: datetime,
+        self,
+        jobs: Sequence[NewJob],
+        now: datetime,
         after_commit: Callable[[list[Ready]], None] | None = None,
-        *, again: bool = False,
+        *,
+        again: bool = False,
     ) -> list[Ready]:
         def insert(conn: psycopg.Connection[Any]) -> list[Ready]:
             earlier: list[Ready] = []
@@ -458,8 +516,11 @@ class PostgresStore:
                 rows = conn.execute(q.INSERTED, {"ids": _uuid_array([j.id for j in jobs])})
                 found = {job_id: (status, seq) for job_id, status, seq in rows.fetchall()}
                 todo = [job for job in jobs if job.id not in found]
-                earlier = [Ready(job.id, job.priority, found[job.id][1]) for job in jobs
-                           if found.get(job.id, ("",))[0] == JobStatus.PENDING.value]
+                earlier = [
+                    Ready(job.id, job.priority, found[job.id][1])
+                    for job in jobs
+                    if found.get(job.id, ("",))[0] == JobStatus.PENDING.value
+                ]
             ready = earlier + _insert_new(conn, todo, now)
             if after_commit is not None:
                 after_commit(ready)  # autocommit: the rows are committed
@@ -508,15 +569,38 @@ class PostgresStore:
             # The columns the claim itself set are known without reading them back.
             return [
                 Job(
-                    id=str(id_), queue=queue, job_type=job_type, payload=payload,
-                    status=JobStatus.RUNNING, priority=priority, scheduled_at=scheduled_at,
-                    max_retries=max_retries, retry_count=retry_count,
-                    error_message=error_message, locked_by=worker_id, locked_at=now,
-                    completed_at=None, job_timeout=job_timeout, created_at=created_at,
-                    updated_at=now, attempt=attempt, heartbeat_at=now,
+                    id=str(id_),
+                    queue=queue,
+                    job_type=job_type,
+                    payload=payload,
+                    status=JobStatus.RUNNING,
+                    priority=priority,
+                    scheduled_at=scheduled_at,
+                    max_retries=max_retries,
+                    retry_count=retry_count,
+                    error_message=error_message,
+                    locked_by=worker_id,
+                    locked_at=now,
+                    completed_at=None,
+                    job_timeout=job_timeout,
+                    created_at=created_at,
+                    updated_at=now,
+                    attempt=attempt,
+                    heartbeat_at=now,
                 )
-                for (id_, job_type, payload, priority, scheduled_at, max_retries, retry_count,
-                     error_message, job_timeout, created_at, attempt) in rows
+                for (
+                    id_,
+                    job_type,
+                    payload,
+                    priority,
+                    scheduled_at,
+                    max_retries,
+                    retry_count,
+                    error_message,
+                    job_timeout,
+                    created_at,
+                    attempt,
+                ) in rows
             ]
 
         claimed = await self._run(claim, lease=True)
@@ -524,11 +608,30 @@ class PostgresStore:
         claimed.sort(key=lambda j: order.get(j.id, 0))
         return claimed
 
+    async def _ready_rows(self, sql: str, params: Any) -> list[Ready]:
+        """Run a statement that returns ``(id, priority, seq)`` rows: what to push, in seq
+        order."""
+
+        def ready(conn: psycopg.Connection[Any]) -> list[Ready]:
+            rows = conn.execute(sql, params).fetchall()
+            return sorted((Ready(str(r[0]), r[1], r[2]) for r in rows), key=lambda r: r.seq)
+
+        return await self._run(ready)
+
+    async def _ids(self, sql: str, params: Any) -> list[str]:
+        """Run a write that returns the ids it changed."""
+
+        def ids(conn: psycopg.Connection[Any]) -> list[str]:
+            return [str(r[0]) for r in conn.execute(sql, params).fetchall()]
+
+        return await self._run(ids)
+
     def _lease_params(self, leases: Sequence[Lease], worker_id: str, now: datetime) -> Any:
         return {
             "ids": _uuid_array([lease.id for lease in leases]),
             "attempts": _ints([lease.attempt for lease in leases]),
-            "worker": worker_id, "now": now,
+            "worker": worker_id,
+            "now": now,
         }
 
     async def claimed_by(self, queue: str, ids: Sequence[str], worker_id: str) -> list[Job]:
@@ -542,14 +645,8 @@ class PostgresStore:
     async def complete_jobs(
         self, leases: Sequence[Lease], worker_id: str, now: datetime
     ) -> list[str]:
-        if not leases:
-            return []
         params = self._lease_params(leases, worker_id, now)
-
-        def complete(conn: psycopg.Connection[Any]) -> list[str]:
-            return [str(r[0]) for r in conn.execute(q.COMPLETE_JOBS, params).fetchall()]
-
-        return await self._run(complete)
+        return await self._ids(q.COMPLETE_JOBS, params) if leases else []
 
     async def fail_jobs(
         self, failures: Sequence[Failure], worker_id: str, now: datetime
@@ -560,24 +657,14 @@ class PostgresStore:
         params["statuses"] = [f.status.value for f in failures]
         params["due"] = [f.due for f in failures]
         params["messages"] = [f.error_message for f in failures]
-
-        def fail(conn: psycopg.Connection[Any]) -> list[str]:
-            return [str(r[0]) for r in conn.execute(q.FAIL_JOBS, params).fetchall()]
-
-        return await self._run(fail)
+        return await self._ids(q.FAIL_JOBS, params)
 
     async def requeue_jobs(
         self, leases: Sequence[Lease], worker_id: str, now: datetime
     ) -> list[Ready]:
         if not leases:
             return []
-        params = self._lease_params(leases, worker_id, now)
-
-        def requeue(conn: psycopg.Connection[Any]) -> list[Ready]:
-            rows = conn.execute(q.REQUEUE_JOBS, params).fetchall()
-            return sorted((Ready(str(r[0]), r[1], r[2]) for r in rows), key=lambda r: r.seq)
-
-        return await self._run(requeue)
+        return await self._ready_rows(q.REQUEUE_JOBS, self._lease_params(leases, worker_id, now))
 
     async def heartbeat(self, leases: Sequence[Lease], worker_id: str, now: datetime) -> int:
         if not leases:
@@ -592,26 +679,17 @@ class PostgresStore:
     async def promote_due(self, queue: str, now: datetime, limit: int) -> list[Ready]:
         params = {"queue": queue, "now": now, "limit": limit}
 
-        def promote(conn: psycopg.Connection[Any]) -> list[Ready]:
-            rows = conn.execute(q.PROMOTE_DUE, params).fetchall()
-            return sorted((Ready(str(r[0]), r[1], r[2]) for r in rows), key=lambda r: r.seq)
+        return await self._ready_rows(q.PROMOTE_DUE, params)
 
-        return await self._run(promote)
-
-    async def rescue_stale(
+    async def stale_jobs(
         self, queue: str, now: datetime, stale_before: datetime, limit: int
-    ) -> Rescue:
+    ) -> list[Job]:
         params = {"queue": queue, "now": now, "stale_before": stale_before, "limit": limit}
 
-        def rescue(conn: psycopg.Connection[Any]) -> Rescue:
-            rows = conn.execute(q.RESCUE_STALE, params).fetchall()
-            requeued = sorted(
-                (Ready(str(r[0]), r[2], r[3]) for r in rows if r[1] == "pending"),
-                key=lambda r: r.seq,
-            )
-            return Rescue(requeued, [str(r[0]) for r in rows if r[1] == "dead"])
+        def stale(conn: psycopg.Connection[Any]) -> list[Job]:
+            return [_to_job(r) for r in conn.execute(q.STALE_JOBS, params).fetchall()]
 
-        return await self._run(rescue)
+        return await self._run(stale)
 
     async def pending_after(self, queue: str, after_seq: int, limit: int) -> list[Ready]:
         def page(conn: psycopg.Connection[Any]) -> list[Ready]:
@@ -645,6 +723,9 @@ class PostgresStore:
 
         await self._run(check)
 
+    async def schema_version(self) -> tuple[int, int]:
+        return self._found_version, await self._run(_installed_version)
+
     async def retry_jobs(self, ids: Sequence[str], now: datetime) -> list[tuple[Ready, str]]:
         params = {"ids": _uuid_array(ids), "now": now}
 
@@ -657,17 +738,17 @@ class PostgresStore:
     async def retry_dead(self, queue: str, now: datetime, limit: int) -> list[Ready]:
         params = {"queue": queue, "now": now, "limit": limit}
 
-        def retry(conn: psycopg.Connection[Any]) -> list[Ready]:
-            rows = conn.execute(q.RETRY_ALL_DEAD, params).fetchall()
-            return sorted((Ready(str(r[0]), r[1], r[2]) for r in rows), key=lambda r: r.seq)
-
-        return await self._run(retry)
+        return await self._ready_rows(q.RETRY_ALL_DEAD, params)
 
     async def list_jobs(
         self, queue: str, status: JobStatus | None, job_type: str | None, limit: int
     ) -> list[Job]:
-        params = {"queue": queue, "status": status.value if status else None,
-                  "job_type": job_type, "limit": limit}
+        params = {
+            "queue": queue,
+            "status": status.value if status else None,
+            "job_type": job_type,
+            "limit": limit,
+        }
 
         def list_(conn: psycopg.Connection[Any]) -> list[Job]:
             return [_to_job(r) for r in conn.execute(q.LIST_JOBS, params).fetchall()]
@@ -684,8 +765,12 @@ class PostgresStore:
     async def purge(
         self, queue: str, statuses: Sequence[JobStatus], before: datetime, limit: int
     ) -> int:
-        params = {"queue": queue, "statuses": [s.value for s in statuses], "before": before,
-                  "limit": limit}
+        params = {
+            "queue": queue,
+            "statuses": [s.value for s in statuses],
+            "before": before,
+            "limit": limit,
+        }
 
         def purge(conn: psycopg.Connection[Any]) -> int:
             return conn.execute(q.PURGE, params).rowcount
@@ -695,8 +780,4 @@ class PostgresStore:
     async def pending_among(self, queue: str, ids: Sequence[str]) -> list[Ready]:
         params = {"queue": queue, "ids": _uuid_array(ids)}
 
-        def pending(conn: psycopg.Connection[Any]) -> list[Ready]:
-            rows = conn.execute(q.PENDING_AMONG, params).fetchall()
-            return sorted((Ready(str(r[0]), r[1], r[2]) for r in rows), key=lambda r: r.seq)
-
-        return await self._run(pending)
+        return await self._ready_rows(q.PENDING_AMONG, params)

@@ -12,12 +12,10 @@ global settings, which belong to the application.
 from __future__ import annotations
 
 import bisect
-import logging
 from collections.abc import Callable, Iterator, Mapping
 from typing import TypeVar
 
 import attrs
-import trio
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -25,11 +23,6 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-
-from .._clock import Clock
-from .._errors import KyuConnectionError
-from .._job import JobStatus
-from .._ports import Broker, Store
 
 UNKNOWN = "unknown"
 #: A sample that takes longer than this counts as the servers being down.
@@ -80,8 +73,8 @@ HELP = {
         "Due scheduled jobs and retries that this process's scheduler pushed to Redis"
     ),
     "kyu_reaper_rescued": (
-        "Jobs this process's reaper took back from lost workers (requeued, or dead when no "
-        "retry was left)"
+        "Jobs this process's reaper took back from lost workers (failed with a retry due "
+        "after the usual backoff, or dead when no retry was left)"
     ),
     "kyu_redis_resyncs": (
         "Times this process refilled Redis from PostgreSQL (Redis was new, flushed or "
@@ -321,54 +314,3 @@ def _cumulative(h: _Histogram, bounds: tuple[float, ...]) -> tuple[list[tuple[st
         # The `le` text prometheus-client writes: 0.005, 1.0, +Inf.
         buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), float(running)))
     return buckets, total
-
-
-class Sampler:
-    """Samples what describes the whole queue (depth, lag, counts by status) into
-    ``Metrics.sample``; a failed sample clears it, so stale numbers are never shown."""
-
-    def __init__(
-        self,
-        *,
-        metrics: Metrics,
-        queue: str,
-        store: Store,
-        broker: Broker,
-        clock: Clock,
-        interval: float,
-        logger: logging.Logger,
-    ) -> None:
-        self._metrics = metrics
-        self._queue = queue
-        self._store = store
-        self._broker = broker
-        self._clock = clock
-        self._interval = interval
-        self._log = logger
-
-    async def sample(self) -> None:
-        try:
-            with trio.fail_after(SAMPLE_LIMIT):
-                depth = await self._broker.size(self._queue)
-                now = self._clock.now()
-                stats = await self._store.queue_stats(self._queue, now)
-        except (KyuConnectionError, trio.TooSlowError):
-            self._metrics.sample = None
-            return
-        lag = 0.0 if stats.oldest_due is None else (now - stats.oldest_due).total_seconds()
-        self._metrics.sample = QueueSample(
-            depth=depth,
-            lag=max(lag, 0.0),
-            by_status={status.value: stats.counts.get(status, 0) for status in JobStatus},
-        )
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        try:
-            await self.sample()
-            task_status.started()
-            while True:
-                await trio.sleep(self._interval)
-                await self.sample()
-        finally:
-            # Nobody samples any more: what was sampled would only grow stale.
-            self._metrics.sample = None

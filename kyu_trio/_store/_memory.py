@@ -14,16 +14,7 @@ import attrs
 import trio
 
 from .._job import READY_STATES, Job, JobStatus
-from .._ports import (
-    CancelOutcome,
-    CancelResult,
-    Failure,
-    Lease,
-    NewJob,
-    QueueStats,
-    Ready,
-    Rescue,
-)
+from .._ports import CancelOutcome, CancelResult, Failure, Lease, NewJob, QueueStats, Ready
 
 
 class MemoryStore:
@@ -54,10 +45,32 @@ class MemoryStore:
             return None
         return job
 
+    def _change_held(
+        self, leases: Sequence[Lease], worker_id: str, change: Callable[[Job], Job]
+    ) -> list[Job]:
+        """Apply ``change`` to the jobs ``worker_id`` still holds under these leases (the
+        fence every worker write has); return the changed jobs."""
+        changed = []
+        for lease in leases:
+            job = self._held(lease, worker_id)
+            if job is not None:
+                job = self.jobs[job.id] = change(job)
+                changed.append(job)
+        return changed
+
+    def _enqueue(self, job: Job) -> Ready:
+        """Store ``job`` (pending) with a new sequence number: the back of its priority."""
+        self.jobs[job.id] = job
+        self._seq[job.id] = next(self._counter)
+        return self._ready(job)
+
     async def insert_jobs(
-        self, jobs: Sequence[NewJob], now: datetime,
+        self,
+        jobs: Sequence[NewJob],
+        now: datetime,
         after_commit: Callable[[list[Ready]], None] | None = None,
-        *, again: bool = False,
+        *,
+        again: bool = False,
     ) -> list[Ready]:
         await trio.lowlevel.checkpoint()
         ready = []
@@ -67,11 +80,22 @@ class MemoryStore:
                     ready.append(self._ready(earlier))
                 continue
             job = Job(
-                id=new.id, queue=new.queue, job_type=new.job_type, payload=new.payload,
-                status=new.status, priority=new.priority, scheduled_at=new.scheduled_at,
-                max_retries=new.max_retries, retry_count=0, error_message=None,
-                locked_by=None, locked_at=None, completed_at=None,
-                job_timeout=new.job_timeout, created_at=now, updated_at=now,
+                id=new.id,
+                queue=new.queue,
+                job_type=new.job_type,
+                payload=new.payload,
+                status=new.status,
+                priority=new.priority,
+                scheduled_at=new.scheduled_at,
+                max_retries=new.max_retries,
+                retry_count=0,
+                error_message=None,
+                locked_by=None,
+                locked_at=None,
+                completed_at=None,
+                job_timeout=new.job_timeout,
+                created_at=now,
+                updated_at=now,
             )
             self.jobs[job.id] = job
             self._seq[job.id] = next(self._counter)
@@ -116,8 +140,13 @@ class MemoryStore:
             ):
                 continue
             job = attrs.evolve(
-                job, status=JobStatus.RUNNING, locked_by=worker_id, locked_at=now,
-                heartbeat_at=now, attempt=job.attempt + 1, updated_at=now,
+                job,
+                status=JobStatus.RUNNING,
+                locked_by=worker_id,
+                locked_at=now,
+                heartbeat_at=now,
+                attempt=job.attempt + 1,
+                updated_at=now,
             )
             self.jobs[job_id] = job
             claimed.append(job)
@@ -127,8 +156,11 @@ class MemoryStore:
         await trio.lowlevel.checkpoint()
         found = (self.jobs.get(job_id) for job_id in dict.fromkeys(ids))
         return [
-            job for job in found
-            if job is not None and job.queue == queue and job.status is JobStatus.RUNNING
+            job
+            for job in found
+            if job is not None
+            and job.queue == queue
+            and job.status is JobStatus.RUNNING
             and job.locked_by == worker_id
         ]
 
@@ -136,124 +168,101 @@ class MemoryStore:
         self, leases: Sequence[Lease], worker_id: str, now: datetime
     ) -> list[str]:
         await trio.lowlevel.checkpoint()
-        done = []
-        for lease in leases:
-            job = self._held(lease, worker_id)
-            if job is not None:
-                self.jobs[job.id] = attrs.evolve(
+        return [
+            job.id
+            for job in self._change_held(
+                leases,
+                worker_id,
+                lambda job: attrs.evolve(
                     job, status=JobStatus.COMPLETED, completed_at=now, updated_at=now
-                )
-                done.append(job.id)
-        return done
+                ),
+            )
+        ]
 
     async def fail_jobs(
         self, failures: Sequence[Failure], worker_id: str, now: datetime
     ) -> list[str]:
         await trio.lowlevel.checkpoint()
-        done = []
-        for failure in failures:
-            job = self._held(failure.lease, worker_id)
-            if job is None:
-                continue
-            if failure.status is JobStatus.FAILED:
-                assert failure.due is not None
-                job = attrs.evolve(
-                    job, status=JobStatus.FAILED, scheduled_at=failure.due,
-                    retry_count=job.retry_count + 1, error_message=failure.error_message,
-                    updated_at=now,
+        by_id = {failure.lease.id: failure for failure in failures}
+
+        def fail(job: Job) -> Job:
+            failure = by_id[job.id]
+            if failure.status is JobStatus.DEAD:
+                return attrs.evolve(
+                    job, status=JobStatus.DEAD, error_message=failure.error_message, updated_at=now
                 )
-            else:
-                job = attrs.evolve(
-                    job, status=JobStatus.DEAD, error_message=failure.error_message,
-                    updated_at=now,
-                )
-            self.jobs[job.id] = job
-            done.append(job.id)
-        return done
+            assert failure.due is not None
+            return attrs.evolve(
+                job,
+                status=JobStatus.FAILED,
+                scheduled_at=failure.due,
+                retry_count=job.retry_count + 1,
+                error_message=failure.error_message,
+                updated_at=now,
+            )
+
+        return [job.id for job in self._change_held([f.lease for f in failures], worker_id, fail)]
 
     async def requeue_jobs(
         self, leases: Sequence[Lease], worker_id: str, now: datetime
     ) -> list[Ready]:
         await trio.lowlevel.checkpoint()
-        ready = []
-        for lease in leases:
-            job = self._held(lease, worker_id)
-            if job is None:
-                continue
-            job = attrs.evolve(job, status=JobStatus.PENDING, scheduled_at=now, updated_at=now)
-            self.jobs[job.id] = job
-            self._seq[job.id] = next(self._counter)
-            ready.append(self._ready(job))
-        return ready
+        held = self._change_held(leases, worker_id, lambda job: job)
+        return [
+            self._enqueue(
+                attrs.evolve(job, status=JobStatus.PENDING, scheduled_at=now, updated_at=now)
+            )
+            for job in held
+        ]
 
     async def heartbeat(self, leases: Sequence[Lease], worker_id: str, now: datetime) -> int:
         await trio.lowlevel.checkpoint()
-        beats = 0
-        for lease in leases:
-            job = self._held(lease, worker_id)
-            if job is not None:
-                self.jobs[job.id] = attrs.evolve(job, heartbeat_at=now)
-                beats += 1
-        return beats
+        return len(
+            self._change_held(leases, worker_id, lambda job: attrs.evolve(job, heartbeat_at=now))
+        )
 
     async def promote_due(self, queue: str, now: datetime, limit: int) -> list[Ready]:
         await trio.lowlevel.checkpoint()
         due = sorted(
             (
-                j for j in self.jobs.values()
+                j
+                for j in self.jobs.values()
                 if j.queue == queue
                 and j.status in (JobStatus.SCHEDULED, JobStatus.FAILED)
                 and j.scheduled_at <= now
             ),
             key=lambda j: (j.scheduled_at, self._seq[j.id]),
         )[:limit]
-        ready = []
-        for job in due:
-            job = attrs.evolve(job, status=JobStatus.PENDING, updated_at=now)
-            self.jobs[job.id] = job
-            self._seq[job.id] = next(self._counter)
-            ready.append(self._ready(job))
-        return ready
+        return [
+            self._enqueue(attrs.evolve(job, status=JobStatus.PENDING, updated_at=now))
+            for job in due
+        ]
 
-    async def rescue_stale(
+    async def stale_jobs(
         self, queue: str, now: datetime, stale_before: datetime, limit: int
-    ) -> Rescue:
+    ) -> list[Job]:
         await trio.lowlevel.checkpoint()
-        stale = sorted(
-            (
-                j for j in self.jobs.values()
-                if j.queue == queue
-                and j.status is JobStatus.RUNNING
-                and j.heartbeat_at is not None
-                and j.heartbeat_at < stale_before
-                and j.locked_at is not None
-                and j.locked_at + timedelta(seconds=j.job_timeout) < now
-            ),
-            key=lambda j: j.heartbeat_at or now,
-        )[:limit]
-        requeued, dead = [], []
-        for job in stale:
-            message = f"worker lost while running (attempt {job.attempt})"
-            if job.retry_count < job.max_retries:
-                job = attrs.evolve(
-                    job, status=JobStatus.PENDING, retry_count=job.retry_count + 1,
-                    error_message=message, scheduled_at=now, updated_at=now,
-                )
-                self._seq[job.id] = next(self._counter)
-                requeued.append(self._ready(job))
-            else:
-                job = attrs.evolve(job, status=JobStatus.DEAD, error_message=message,
-                                   updated_at=now)
-                dead.append(job.id)
-            self.jobs[job.id] = job
-        return Rescue(requeued, dead)
+        stale = [
+            j
+            for j in self.jobs.values()
+            if j.queue == queue
+            and j.status is JobStatus.RUNNING
+            and j.heartbeat_at is not None
+            and j.heartbeat_at < stale_before
+            and j.locked_at is not None
+            and j.locked_at + timedelta(seconds=j.job_timeout) < now
+        ]
+        stale.sort(key=lambda j: j.heartbeat_at or now)
+        return stale[:limit]
 
     async def pending_after(self, queue: str, after_seq: int, limit: int) -> list[Ready]:
         await trio.lowlevel.checkpoint()
         pending = sorted(
             (
-                self._ready(j) for j in self.jobs.values()
-                if j.queue == queue and j.status is JobStatus.PENDING
+                self._ready(j)
+                for j in self.jobs.values()
+                if j.queue == queue
+                and j.status is JobStatus.PENDING
                 and self._seq[j.id] > after_seq
             ),
             key=lambda r: r.seq,
@@ -275,12 +284,16 @@ class MemoryStore:
     async def ping(self) -> None:
         await trio.lowlevel.checkpoint()
 
+    async def schema_version(self) -> tuple[int, int]:
+        await trio.lowlevel.checkpoint()
+        return (0, 0)  # no schema: nothing to migrate
+
     def _restart(self, job: Job, now: datetime) -> Ready:
-        job = attrs.evolve(job, status=JobStatus.PENDING, retry_count=0, scheduled_at=now,
-                           updated_at=now)
-        self.jobs[job.id] = job
-        self._seq[job.id] = next(self._counter)
-        return self._ready(job)
+        return self._enqueue(
+            attrs.evolve(
+                job, status=JobStatus.PENDING, retry_count=0, scheduled_at=now, updated_at=now
+            )
+        )
 
     async def retry_jobs(self, ids: Sequence[str], now: datetime) -> list[tuple[Ready, str]]:
         await trio.lowlevel.checkpoint()
@@ -304,8 +317,10 @@ class MemoryStore:
     ) -> list[Job]:
         await trio.lowlevel.checkpoint()
         jobs = [
-            j for j in self.jobs.values()
-            if j.queue == queue and (status is None or j.status is status)
+            j
+            for j in self.jobs.values()
+            if j.queue == queue
+            and (status is None or j.status is status)
             and (job_type is None or j.job_type == job_type)
         ]
         jobs.sort(key=lambda j: j.created_at, reverse=True)
@@ -314,9 +329,12 @@ class MemoryStore:
     async def completed_since(self, queue: str, since: datetime) -> int:
         await trio.lowlevel.checkpoint()
         return sum(
-            1 for j in self.jobs.values()
-            if j.queue == queue and j.status is JobStatus.COMPLETED
-            and j.completed_at is not None and j.completed_at >= since
+            1
+            for j in self.jobs.values()
+            if j.queue == queue
+            and j.status is JobStatus.COMPLETED
+            and j.completed_at is not None
+            and j.completed_at >= since
         )
 
     async def purge(
@@ -324,7 +342,8 @@ class MemoryStore:
     ) -> int:
         await trio.lowlevel.checkpoint()
         old = [
-            j.id for j in self.jobs.values()
+            j.id
+            for j in self.jobs.values()
             if j.queue == queue and j.status in statuses and j.updated_at < before
         ][:limit]
         for job_id in old:
@@ -335,7 +354,8 @@ class MemoryStore:
     async def pending_among(self, queue: str, ids: Sequence[str]) -> list[Ready]:
         await trio.lowlevel.checkpoint()
         found = [
-            self._ready(job) for job in (self.jobs.get(i) for i in ids)
+            self._ready(job)
+            for job in (self.jobs.get(i) for i in ids)
             if job is not None and job.queue == queue and job.status is JobStatus.PENDING
         ]
         return sorted(found, key=lambda r: r.seq)

@@ -26,15 +26,13 @@ from collections.abc import Iterator
 import attrs
 import trio
 
-from .._clock import Clock
 from .._config import Config
 from .._errors import KyuConnectionError, KyuError, ServerError
 from .._job import Job, JobStatus
-from .._ports import Broker, Failure, Lease, Store
+from .._ports import Failure, Lease
 from .._retry import RetryPolicy
 from .._text import indented_block, one_line
 from ._handlers import Registry
-from ._metrics import Metrics
 from ._outage import Outage
 from ._outcomes import (
     Kind,
@@ -44,6 +42,7 @@ from ._outcomes import (
     format_traceback,
     timeout_message,
 )
+from ._service import Context
 
 #: How long an idle fetcher blocks in one pop; bounds how late it notices a shutdown.
 POP_WAIT = 1.0
@@ -70,42 +69,30 @@ def is_cancellation(exc: BaseException) -> bool:
     return False
 
 
-@attrs.define
-class PoolStats:
-    claimed: int = 0
-    completed: int = 0
-    failed: int = 0
-    dead: int = 0
-    requeued: int = 0
-
-
 class WorkerPool:
     """Runs jobs of one queue until stopped (``drain=False``) or until the broker has no
     ready job left (``drain=True``, for `Queue.run_once`)."""
 
     def __init__(
         self,
+        context: Context,
         *,
         config: Config,
-        store: Store,
-        broker: Broker,
-        clock: Clock,
         registry: Registry,
         worker_id: str,
         drain: bool,
-        logger: logging.Logger,
-        metrics: Metrics | None = None,
     ) -> None:
+        self._ctx = context
         self._config = config
-        self._metrics = metrics
-        self._queue = config.queue_name
-        self._store = store
-        self._broker = broker
-        self._clock = clock
+        self._metrics = context.metrics
+        self._queue = context.queue
+        self._store = context.store
+        self._broker = context.broker
+        self._clock = context.clock
         self._registry = registry
         self._worker_id = worker_id
         self._drain = drain
-        self._log = logger
+        self._log = context.log
         self._policy = RetryPolicy(config.max_backoff, config.retry_jitter)
         self._slots = trio.Semaphore(config.workers)
         # One thread per worker for plain `def` handlers: with trio's default limit (40)
@@ -120,9 +107,13 @@ class WorkerPool:
         self._fetch_scopes: list[trio.CancelScope] = []
         self._stopping = False
         self._workers_done = trio.Event()
-        self._record_outage = Outage(logger, f"worker {worker_id} recording outcomes", cap=2.0)
+        self._record_outage = Outage(self._log, f"worker {worker_id} recording outcomes", cap=2.0)
         self._cancelling = False
-        self.stats = PoolStats()
+        #: With ``drain=True``, every outcome the store took, in the order the runs
+        #: finished (what `Queue.run_once` reports); not kept while serving, where it
+        #: would only grow.
+        self.recorded: list[Outcome] | None = [] if drain else None
+        self._written: set[str] = set()  # ids the store took, until `_record` reports them
 
     # ---- control -------------------------------------------------------------------
 
@@ -263,18 +254,25 @@ class WorkerPool:
                         continue
                     # The ids are out of the broker now: from here on a cancellation must
                     # not lose them, so the claim and hand-off are shielded (the backoff
-                    # after a failed claim is not: shutdown must not wait for it).
+                    # after a failed claim is not: shutdown must not wait for it). Only
+                    # shutdown's give-up time ends a claim PostgreSQL does not answer
+                    # (frozen): the ids go back, and the reaper rescues any row it took.
                     unknown: KyuConnectionError | None = None
                     refused: ServerError | None = None
+                    claimed = []
                     with trio.CancelScope(shield=True):
-                        try:
-                            claimed = await self._claim_popped(popped, outage)
-                        except ServerError as exc:
-                            # An error reply: nothing was committed, the ids go back.
+                        with self._until_give_up() as bound:
+                            try:
+                                claimed = await self._claim_popped(popped, outage)
+                            except ServerError as exc:
+                                # An error reply: nothing was committed, the ids go back.
+                                await self._restore(popped)
+                                refused = exc
+                            except KyuConnectionError as exc:
+                                unknown = exc
+                        if bound.cancelled_caught:
                             await self._restore(popped)
-                            claimed, refused = [], exc
-                        except KyuConnectionError as exc:
-                            claimed, unknown = [], exc
+                            unknown = refused = None
                         self._hand_out(claimed, jobs_send)
                     if refused is not None:
                         self._release_slots(free)
@@ -314,17 +312,22 @@ class WorkerPool:
             self._queue, list(popped), self._worker_id, self._clock.now()
         )
         outage.recovered()
-        self.stats.claimed += len(claimed)
-        if self._metrics is not None:
-            now = self._clock.now()
-            for job in claimed:
-                self._metrics.started(job.job_type, (now - job.scheduled_at).total_seconds())
+        now = self._clock.now()
+        for job in claimed:
+            self._metrics.started(job.job_type, (now - job.scheduled_at).total_seconds())
         if self._log.isEnabledFor(logging.DEBUG):
             for job in claimed:
                 self._log.debug(
-                    "job %s claimed (type=%s attempt=%d)", job.id, job.job_type, job.attempt,
-                    extra={"job_id": job.id, "job_type": job.job_type, "attempt": job.attempt,
-                           "kyu_event": "claimed"},
+                    "job %s claimed (type=%s attempt=%d)",
+                    job.id,
+                    job.job_type,
+                    job.attempt,
+                    extra={
+                        "job_id": job.id,
+                        "job_type": job.job_type,
+                        "attempt": job.attempt,
+                        "kyu_event": "claimed",
+                    },
                 )
         return claimed
 
@@ -354,7 +357,8 @@ class WorkerPool:
             with trio.CancelScope(shield=True):
                 self._log.warning(
                     "stopping before learning whether a claim of %d jobs was committed: "
-                    "their ids go back to Redis (the reaper rescues any it took)", len(popped),
+                    "their ids go back to Redis (the reaper rescues any it took)",
+                    len(popped),
                 )
                 await self._restore(popped)
             raise
@@ -365,8 +369,8 @@ class WorkerPool:
             await self._restore({i: s for i, s in popped.items() if i not in taken})
         if claimed:
             self._log.warning(
-                "a claim's answer was lost, but PostgreSQL had committed it: running its "
-                "%d jobs", len(claimed),
+                "a claim's answer was lost, but PostgreSQL had committed it: running its %d jobs",
+                len(claimed),
             )
         return claimed
 
@@ -431,9 +435,7 @@ class WorkerPool:
                 self._slots.release()
                 self._give_up_after(CLEANUP_LIMIT)
                 with trio.CancelScope(shield=True):
-                    await self._record(
-                        [Outcome(Kind.REQUEUE, job, trio.current_time() - started)]
-                    )
+                    await self._record([Outcome(Kind.REQUEUE, job, trio.current_time() - started)])
             raise
         finally:
             self._job_scopes.discard(scope)
@@ -536,15 +538,20 @@ class WorkerPool:
                 self._log.error(
                     "shutting down: PostgreSQL did not answer a write of %d outcomes in time; "
                     "they may or may not be recorded, and the reaper rescues any job whose "
-                    "outcome is not", count,
+                    "outcome is not",
+                    count,
                 )
             else:
                 self._log.error(
                     "shutting down: could not record %d outcomes (PostgreSQL unreachable); "
-                    "the reaper rescues their jobs", count,
+                    "the reaper rescues their jobs",
+                    count,
                 )
         for outcome in outcomes:
             self._held.pop(outcome.job.id, None)
+            if self.recorded is not None and outcome.job.id in self._written:
+                self._written.discard(outcome.job.id)
+                self.recorded.append(outcome)
 
     async def _write(self, unwritten: dict[Kind, list[Outcome]]) -> None:
         """Write each kind of outcome; an outcome leaves ``unwritten`` once written, so a
@@ -577,7 +584,8 @@ class WorkerPool:
             failure = attrs.evolve(outcome.failure, error_message=UNSTORABLE_MESSAGE)
             self._log.error(
                 "job %s: PostgreSQL refused its error message (%s); storing a placeholder",
-                job.id, one_line(error_message(exc)),
+                job.id,
+                one_line(error_message(exc)),
             )
             await self._write_kind(Kind.FAIL, [attrs.evolve(outcome, failure=failure)])
             return
@@ -585,38 +593,36 @@ class WorkerPool:
         # the job to the reaper (its lease lapses) and say so loudly.
         self._log.error(
             "job %s: PostgreSQL refused its outcome (%s); the reaper will rescue it",
-            job.id, outcome.kind.value, exc_info=exc,
+            job.id,
+            outcome.kind.value,
+            exc_info=exc,
         )
 
     async def _write_batch(self, kind: Kind, outcomes: list[Outcome]) -> None:
         now = self._clock.now()
         leases = [o.lease for o in outcomes]
         if kind is Kind.COMPLETE:
-            await self._store.complete_jobs(leases, self._worker_id, now)
-            self.stats.completed += len(outcomes)
+            written = await self._store.complete_jobs(leases, self._worker_id, now)
             for o in outcomes:
                 self._log_outcome(o, "completed", logging.DEBUG)
         elif kind is Kind.FAIL:
             failures: list[Failure] = [o.failure for o in outcomes if o.failure is not None]
-            await self._store.fail_jobs(failures, self._worker_id, now)
+            written = await self._store.fail_jobs(failures, self._worker_id, now)
             for o in outcomes:
                 assert o.failure is not None
                 if o.failure.status is JobStatus.DEAD:
-                    self.stats.dead += 1
                     self._log_outcome(o, "dead", logging.ERROR)
                 else:
-                    self.stats.failed += 1
                     self._log_outcome(o, "failed", logging.WARNING)
         else:
             ready = await self._store.requeue_jobs(leases, self._worker_id, now)
-            self.stats.requeued += len(outcomes)
+            written = [r.id for r in ready]
             for o in outcomes:
                 self._log_outcome(o, "requeued", logging.WARNING)
-            try:
-                await self._broker.push(self._queue, ready)
-            except KyuConnectionError as exc:
-                self._log.warning("could not push %d requeued jobs (%s); the resync "
-                                  "sweep will", len(ready), exc)
+            await self._ctx.push_or_log(ready)
+        if self.recorded is not None:
+            # Only what the fenced write took: a run whose lease was lost is not ours.
+            self._written.update(written)
 
     @property
     def running(self) -> int:
@@ -624,13 +630,17 @@ class WorkerPool:
         return len(self._held)
 
     def _log_outcome(self, outcome: Outcome, event: str, level: int) -> None:
-        if self._metrics is not None:
-            self._metrics.finished(outcome.job.job_type, event, outcome.duration)
+        self._metrics.finished(outcome.job.job_type, event, outcome.duration)
         if not self._log.isEnabledFor(level):
             return
         job = outcome.job
-        extra = {"job_id": job.id, "job_type": job.job_type, "attempt": job.attempt,
-                 "duration": round(outcome.duration, 6), "kyu_event": event}
+        extra = {
+            "job_id": job.id,
+            "job_type": job.job_type,
+            "attempt": job.attempt,
+            "duration": round(outcome.duration, 6),
+            "kyu_event": event,
+        }
         error = ""
         if outcome.failure is not None:
             extra["error"] = outcome.failure.error_message
@@ -648,8 +658,17 @@ class WorkerPool:
             extra["traceback"] = outcome.traceback
             traceback = "\n" + indented_block(outcome.traceback)
         self._log.log(
-            level, "job %s %s (type=%s attempt=%d %.3fs)%s%s%s", job.id, event, job.job_type,
-            job.attempt, outcome.duration, payload, error, traceback, extra=extra,
+            level,
+            "job %s %s (type=%s attempt=%d %.3fs)%s%s%s",
+            job.id,
+            event,
+            job.job_type,
+            job.attempt,
+            outcome.duration,
+            payload,
+            error,
+            traceback,
+            extra=extra,
         )
 
     async def _heartbeat(self) -> None:

@@ -11,11 +11,15 @@ from typing import Any, Literal
 import attrs
 import trio
 
-from .._errors import KyuError, UnknownJobType
+from .._errors import KyuError, UnknownJobType, require_extra
 from .._job import Job
 
+#: A job's code: called with the payload; ``async def`` (run in the worker task), plain
+#: ``def`` (run in a thread) or, registered with ``asyncio=True``, an asyncio coroutine.
 Handler = Callable[[str], Any]
+#: What middleware calls to run the rest of the chain (and at its end, the handler).
 CallNext = Callable[[], Awaitable[None]]
+#: ``async def mw(job: Job, call_next: CallNext) -> None``, registered with `Queue.use`.
 Middleware = Callable[[Job, CallNext], Awaitable[None]]
 HandlerKind = Literal["async", "sync", "asyncio"]
 
@@ -56,6 +60,8 @@ def handler_kind(fn: Handler, *, asyncio: bool) -> HandlerKind:
     if asyncio:
         if not is_coroutine:
             raise TypeError("asyncio=True needs an `async def` function (an asyncio coroutine)")
+        # At registration, not half-way through serve().
+        require_extra("trio_asyncio", extra="asyncio", feature="a handler with asyncio=True")
         return "asyncio"
     return "async" if is_coroutine else "sync"
 

@@ -161,25 +161,14 @@ WHERE j.id = due.id
 RETURNING j.id::text, j.priority, j.seq
 """
 
-RESCUE_STALE = """
-WITH stale AS (
-    SELECT id FROM kyu_jobs
-    WHERE queue = %(queue)s AND status = 'running' AND heartbeat_at < %(stale_before)s
-      AND locked_at + make_interval(secs => job_timeout) < %(now)s
-    ORDER BY heartbeat_at
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE kyu_jobs AS j
-SET status = CASE WHEN j.retry_count < j.max_retries THEN 'pending' ELSE 'dead' END,
-    retry_count = j.retry_count + CASE WHEN j.retry_count < j.max_retries THEN 1 ELSE 0 END,
-    error_message = 'worker lost while running (attempt ' || j.attempt || ')',
-    scheduled_at = %(now)s,
-    seq = nextval('kyu_jobs_seq'),
-    updated_at = %(now)s
-FROM stale
-WHERE j.id = stale.id
-RETURNING j.id::text, j.status, j.priority, j.seq
+# Only reads: the reaper decides each job's fate in Python and writes it with FAIL_JOBS,
+# fenced by the job's own lease, as a worker's failure is written.
+STALE_JOBS = f"""
+SELECT {JOB_COLUMNS} FROM kyu_jobs
+WHERE queue = %(queue)s AND status = 'running' AND heartbeat_at < %(stale_before)s
+  AND locked_at + make_interval(secs => job_timeout) < %(now)s
+ORDER BY heartbeat_at
+LIMIT %(limit)s
 """
 
 PENDING_AFTER = """

@@ -1,0 +1,84 @@
+"""The producer's path: write validated jobs to the store and push the ready ones, with
+one thread hop, and settle an insert whose answer was lost."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+import trio
+
+from .._errors import EnqueueOutcomeUnknown, KyuConnectionError, ServerError
+from .._ports import NewJob, Ready
+from ._service import Context
+
+#: How long enqueue repeats an insert whose answer was lost before it gives up.
+ENQUEUE_RETRY_LIMIT = 5.0
+
+
+async def insert_and_push(ctx: Context, new_jobs: list[NewJob], now: datetime) -> None:
+    """Insert ``new_jobs`` (durable on return) and push those due now to the broker."""
+    push_failed: list[KyuConnectionError] = []
+
+    def push(ready: list[Ready]) -> None:
+        # Runs in the store's thread call right after the commit: one thread hop for
+        # the whole enqueue instead of two. The rows are committed and will run even
+        # if the push fails (the reaper's sweep pushes them once Redis is back), so a
+        # failure is logged, not raised: raising would invite a duplicate enqueue.
+        try:
+            ctx.broker.push_blocking(ctx.queue, ready)
+        except KyuConnectionError as exc:
+            push_failed.append(exc)
+
+    try:
+        ready = await ctx.store.insert_jobs(new_jobs, now, after_commit=push)
+    except ServerError:
+        raise  # an error reply: nothing was written
+    except KyuConnectionError as exc:
+        ready = await _insert_again(ctx, new_jobs, now, push, exc)
+    if push_failed:
+        ctx.push_failed(len(ready), push_failed[0])
+    ctx.metrics.jobs_total.inc(len(new_jobs))
+    if ctx.log.isEnabledFor(logging.DEBUG):
+        for job in new_jobs:
+            ctx.log.debug(
+                "job %s enqueued as %s (type=%s)",
+                job.id,
+                job.status.value,
+                job.job_type,
+                extra={
+                    "job_id": job.id,
+                    "job_type": job.job_type,
+                    "attempt": 0,
+                    "kyu_event": "enqueued",
+                },
+            )
+
+
+async def _insert_again(
+    ctx: Context,
+    new_jobs: list[NewJob],
+    now: datetime,
+    push: Callable[[list[Ready]], None],
+    exc: KyuConnectionError,
+) -> list[Ready]:
+    """The insert failed with its outcome unknown: PostgreSQL may have committed it and
+    only the answer been lost. Repeat it with the same ids (which never writes a row
+    twice) until it is known, for up to ``ENQUEUE_RETRY_LIMIT`` seconds."""
+    ids = [job.id for job in new_jobs]
+    delay = 0.05
+    with trio.move_on_after(ENQUEUE_RETRY_LIMIT):
+        while True:
+            await trio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+            try:
+                return await ctx.store.insert_jobs(new_jobs, now, after_commit=push, again=True)
+            except KyuConnectionError as again:
+                exc = again
+    listed = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+    raise EnqueueOutcomeUnknown(
+        f"{exc} (whether the enqueue of {len(ids)} jobs was written is unknown: check "
+        f"job {listed} with inspect() once the server is back)",
+        ids,
+    ) from None

@@ -1,0 +1,499 @@
+"""`Queue`: the public face of kyu-trio. It validates what callers hand it (see
+`kyu_trio._validation`) and delegates: producing to `_enqueue`, running to `_serve`."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager, suppress
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+import trio
+
+from .._clock import Clock, SystemClock
+from .._config import Config
+from .._errors import JobNotFound, KyuConnectionError, KyuError, NotConnectedError
+from .._ids import new_job_ids
+from .._job import EnqueueRequest, Job, JobStatus
+from .._ports import Broker, CancelOutcome, Store
+from .._stats import Stats
+from .._validation import (
+    check_age,
+    check_final_statuses,
+    check_job_type,
+    check_job_type_filter,
+    check_limit,
+    check_status,
+    parse_job_id,
+    validate_request,
+)
+from .._version import __version__
+from ._enqueue import insert_and_push
+from ._handlers import Handler, HandlerSpec, Middleware, Registry, handler_kind
+from ._metrics import Metrics
+from ._serve import Runtime, Serving, metrics_listeners
+from ._service import Context
+from ._summary import RunSummary
+
+H = TypeVar("H", bound=Handler)
+
+
+class Queue:
+    """A job queue: register handlers, enqueue jobs, and run workers.
+
+    Example::
+
+        queue = Queue(Config(dsn="postgresql://localhost/app", workers=5))
+
+        @queue.handler("send_email")
+        async def send_email(payload: str) -> None:
+            ...
+
+        async def main() -> None:
+            async with queue:
+                await queue.enqueue("send_email", '{"to": "a@b.c"}')
+
+        trio.run(queue.serve)
+
+    ``store``, ``broker`` and ``clock`` replace the PostgreSQL and Redis adapters and the
+    system clock (tests pass `MemoryStore`, `MemoryBroker` and `TrioClock`).
+    """
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        store: Store | None = None,
+        broker: Broker | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self._config = config if config is not None else Config()
+        self._given_store = store
+        self._given_broker = broker
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._registry = Registry()
+        self._runtime: Runtime | None = None
+        self._serving: Serving | None = None
+        self._shutdown_requested = False
+        #: Unique across processes and restarts: fences this process's writes.
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.metrics = self._new_metrics()
+
+    @property
+    def config(self) -> Config:
+        """The settings. Replace them (e.g. ``attrs.evolve(queue.config, workers=20)``)
+        only while the queue is not connected."""
+        return self._config
+
+    @config.setter
+    def config(self, config: Config) -> None:
+        if self.connected:
+            raise KyuError("close() the queue before changing its config")
+        self._config = config
+        self.metrics = self._new_metrics()
+
+    def _new_metrics(self) -> Metrics:
+        """This queue's Prometheus metrics (``metrics.registry`` is private to it)."""
+        return Metrics(self._config.queue_name, __version__, self._registry.handlers.__contains__)
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port the metrics server listens on while `serve()` runs (None otherwise)."""
+        return None if self._serving is None else self._serving.metrics_port
+
+    def __repr__(self) -> str:
+        return f"<Queue {self.config.queue_name!r} workers={self.config.workers}>"
+
+    # ---- handlers --------------------------------------------------------------------
+
+    def register(self, job_type: str, fn: Handler, *, asyncio: bool = False) -> None:
+        """Run ``fn(payload)`` for jobs of ``job_type``; registering again replaces it.
+
+        ``async def`` handlers run in the worker task, plain ``def`` handlers in a thread,
+        and with ``asyncio=True`` an asyncio coroutine function runs through trio-asyncio.
+
+        Example::
+
+            queue.register("resize", resize_image)
+            queue.register("fetch", fetch_with_aiohttp, asyncio=True)
+        """
+        check_job_type(job_type)
+        self._registry.handlers[job_type] = HandlerSpec(fn, handler_kind(fn, asyncio=asyncio))
+        self.metrics.forget_labels()
+
+    def handler(self, job_type: str, *, asyncio: bool = False) -> Callable[[H], H]:
+        """Decorator form of `register`.
+
+        Example::
+
+            @queue.handler("send_email")
+            async def send_email(payload: str) -> None: ...
+        """
+
+        def decorate(fn: H) -> H:
+            self.register(job_type, fn, asyncio=asyncio)
+            return fn
+
+        return decorate
+
+    def use(self, middleware: Middleware) -> None:
+        """Wrap every job in ``middleware(job, call_next)``; the first registered is outermost.
+
+        Example::
+
+            async def log_jobs(job: Job, call_next) -> None:
+                print("start", job.job_type)
+                await call_next()
+
+            queue.use(log_jobs)
+        """
+        if not callable(middleware):
+            raise TypeError(f"middleware must be callable, got {middleware!r}")
+        self._registry.middleware.append(middleware)
+
+    # ---- connection ------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._runtime is not None
+
+    async def connect(self) -> None:
+        """Open the PostgreSQL pool (applying migrations) and the Redis connection.
+
+        Raises `KyuConnectionError` naming ``host:port`` when a server is unreachable.
+        """
+        if self.connected:
+            return
+        from .._broker._redis import RedisBroker
+        from .._store._postgres import PostgresStore
+
+        config = self.config
+        store = self._given_store or PostgresStore(
+            config.dsn, config.pool_size, config.synchronous_commit
+        )
+        broker = self._given_broker or RedisBroker(config.redis_url, config.pool_size)
+        await store.open()
+        try:
+            await broker.open()
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await store.close()
+            raise
+        context = Context(
+            queue=config.queue_name,
+            store=store,
+            broker=broker,
+            clock=self._clock,
+            log=config.logger,
+            metrics=self.metrics,
+        )
+        self._runtime = Runtime(context, config, self._registry, self.worker_id)
+
+    async def aclose(self) -> None:
+        """Close connections. The queue may `connect()` again later, even in another
+        `trio.run`.
+
+        Example::
+
+            await queue.aclose()
+        """
+        runtime, self._runtime = self._runtime, None
+        if runtime is not None:
+            with trio.CancelScope(shield=True):
+                await runtime.context.broker.close()
+                await runtime.context.store.close()
+
+    async def close(self) -> None:
+        """`aclose`, under the name kyu-trio first used."""
+        await self.aclose()
+
+    async def __aenter__(self) -> Queue:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    @asynccontextmanager
+    async def _connected(self) -> AsyncIterator[Runtime]:
+        """Use the open connection, or open one for the duration of the block."""
+        opened = not self.connected
+        if opened:
+            await self.connect()
+        try:
+            yield self._require()
+        finally:
+            if opened:
+                await self.aclose()
+
+    def _require(self) -> Runtime:
+        if self._runtime is None:
+            raise NotConnectedError(
+                "the queue is not connected: use `async with queue:` or `await queue.connect()` "
+                "first"
+            )
+        return self._runtime
+
+    def _context(self) -> Context:
+        return self._require().context
+
+    # ---- producing -------------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        job_type: str,
+        payload: str,
+        *,
+        priority: int = 0,
+        max_retries: int = 3,
+        scheduled_at: datetime | None = None,
+        job_timeout: float | None = None,
+    ) -> str:
+        """Add a job and return its id. It is durable in PostgreSQL when this returns.
+
+        ``priority``: -32768..32767, higher runs first. ``max_retries=N`` allows N+1 runs.
+        ``scheduled_at``: an aware datetime (None = now). ``job_timeout``: seconds
+        (None = ``Config.default_job_timeout``).
+
+        Example::
+
+            job_id = await queue.enqueue("send_email", '{"to": "a@b.c"}', priority=5)
+        """
+        ids = await self.enqueue_many(
+            [
+                EnqueueRequest(
+                    job_type,
+                    payload,
+                    priority=priority,
+                    max_retries=max_retries,
+                    scheduled_at=scheduled_at,
+                    job_timeout=job_timeout,
+                )
+            ]
+        )
+        return ids[0]
+
+    async def enqueue_many(self, jobs: Iterable[EnqueueRequest | tuple[str, str]]) -> list[str]:
+        """Add many jobs in one INSERT and one broker push; return their ids in order.
+
+        Every item is validated first: one bad item rejects the call and writes nothing.
+
+        Example::
+
+            ids = await queue.enqueue_many([("resize", "a.png"), EnqueueRequest("resize", "b.png",
+                                                                   priority=9)])
+        """
+        ctx = self._context()
+        now = self._clock.now()
+        items = list(jobs)
+        new_jobs = [
+            validate_request(item, config=self.config, now=now, job_id=job_id)
+            for item, job_id in zip(items, new_job_ids(len(items)), strict=True)
+        ]
+        if new_jobs:
+            await insert_and_push(ctx, new_jobs, now)
+        return [j.id for j in new_jobs]
+
+    # ---- looking and fixing ------------------------------------------------------------
+
+    async def inspect(self, job_id: str) -> Job:
+        """The job with this id, of any queue. Raises `JobNotFound`.
+
+        Example::
+
+            job = await queue.inspect(job_id)
+            print(job.status, job.error_message)
+        """
+        key = parse_job_id(job_id)
+        job = await self._context().store.get_job(key)
+        if job is None:
+            raise JobNotFound(f"no job with id {key}")
+        return job
+
+    async def cancel_job(self, job_id: str) -> bool:
+        """Cancel a job that has not started: True if cancelled, False if it is running or
+        finished. Raises `JobNotFound` when there is no such job.
+
+        Example::
+
+            if not await queue.cancel_job(job_id):
+                print("too late: it already ran or is running")
+        """
+        key = parse_job_id(job_id)
+        ctx = self._context()
+        result = await ctx.store.cancel_job(key, self._clock.now())
+        if result.outcome == CancelOutcome.NOT_FOUND:
+            raise JobNotFound(f"no job with id {key}")
+        if result.outcome == CancelOutcome.CANCELLED and result.queue is not None:
+            # Tidy the broker; if this fails the claim refuses the cancelled job anyway.
+            with suppress(KyuConnectionError):
+                await ctx.broker.remove(result.queue, [key])
+            return True
+        return False
+
+    async def dead_jobs(self, limit: int = 100) -> list[Job]:
+        """This queue's dead jobs (no retries left), newest first; ``limit`` 1 to 1,000,000.
+
+        Example::
+
+            for job in await queue.dead_jobs():
+                print(job.id, job.error_message)
+        """
+        check_limit(limit)
+        return await self._context().store.dead_jobs(self.config.queue_name, limit)
+
+    async def retry_job(self, job_id: str) -> bool:
+        """Give a dead or failed job a fresh start: pending now, retry count reset.
+        True if it was retried, False if it is in another state. Raises `JobNotFound`.
+
+        Example::
+
+            for job in await queue.dead_jobs():
+                await queue.retry_job(job.id)
+        """
+        key = parse_job_id(job_id)
+        ctx = self._context()
+        retried = await ctx.store.retry_jobs([key], self._clock.now())
+        if not retried:
+            await self.inspect(key)  # raises JobNotFound when there is no such job
+            return False
+        for ready, queue_name in retried:  # the job may be of another queue
+            await ctx.push_or_log([ready], queue_name)
+        return True
+
+    async def retry_dead_jobs(self, limit: int = 10_000) -> int:
+        """Retry up to ``limit`` (at most 1,000,000) dead jobs of this queue (oldest first);
+        return how many.
+
+        Example::
+
+            n = await queue.retry_dead_jobs()
+        """
+        check_limit(limit)
+        ctx = self._context()
+        total = 0
+        while total < limit:
+            ready = await ctx.store.retry_dead(
+                ctx.queue, self._clock.now(), min(1000, limit - total)
+            )
+            await ctx.push_or_log(ready)
+            total += len(ready)
+            if not ready:
+                break
+        return total
+
+    async def list_jobs(
+        self,
+        *,
+        status: JobStatus | str | None = None,
+        job_type: str | None = None,
+        limit: int = 100,
+    ) -> list[Job]:
+        """This queue's jobs, newest first, optionally filtered by status and type;
+        ``limit`` 1 to 1,000,000.
+
+        Example::
+
+            failed = await queue.list_jobs(status="failed", limit=20)
+        """
+        check_limit(limit)
+        wanted, of_type = check_status(status), check_job_type_filter(job_type)
+        return await self._context().store.list_jobs(self.config.queue_name, wanted, of_type, limit)
+
+    async def stats(self) -> Stats:
+        """Counts by status, Redis depth, lag and throughput of the last minute.
+
+        Example::
+
+            s = await queue.stats()
+            print(f"{s.completed_last_minute} jobs/min, lag {s.lag_seconds:.1f}s")
+        """
+        ctx = self._context()
+        now = self._clock.now()
+        queue_stats = await ctx.store.queue_stats(ctx.queue, now)
+        depth = await ctx.broker.size(ctx.queue)
+        done = await ctx.store.completed_since(ctx.queue, now - timedelta(minutes=1))
+        return Stats(ctx.queue, queue_stats.counts, depth, queue_stats.lag(now), done)
+
+    async def schema_version(self) -> tuple[int, int]:
+        """The database's kyu-trio schema version when this queue connected (before
+        `connect` migrated it; 0 for none) and now.
+
+        Example::
+
+            async with queue:
+                found, now = await queue.schema_version()
+        """
+        return await self._context().store.schema_version()
+
+    async def purge(
+        self,
+        older_than: timedelta,
+        statuses: Iterable[JobStatus | str] = (JobStatus.COMPLETED, JobStatus.CANCELLED),
+    ) -> int:
+        """Delete this queue's finished jobs last updated more than ``older_than`` ago,
+        in batches; return how many were deleted. Only final states can be purged;
+        ``older_than`` is at most 36525 days (100 years).
+
+        Example::
+
+            deleted = await queue.purge(timedelta(days=7))
+        """
+        before = self._clock.now() - check_age(older_than)
+        wanted = check_final_statuses(statuses)
+        ctx = self._context()
+        total = 0
+        while n := await ctx.store.purge(ctx.queue, wanted, before, 5000):
+            total += n
+        return total
+
+    # ---- consuming -------------------------------------------------------------------
+
+    async def run_once(self) -> RunSummary:
+        """Process what is ready now, then return what was done: one scheduler pass, one
+        reaper pass, then every due job with the configured workers. Jobs that fall due
+        later (retries, scheduled jobs) are left for the next call. Connects if needed.
+
+        Example::
+
+            async with queue:
+                summary = await queue.run_once()   # e.g. from a cron job
+            print(summary.completed, "completed")
+        """
+        async with self._connected() as runtime:
+            return await runtime.run_once()
+
+    def shutdown(self) -> None:
+        """Start a graceful shutdown of `serve()`, as SIGTERM would. Safe to call any time."""
+        self._shutdown_requested = True
+        if self._serving is not None:
+            self._serving.shutdown()
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run workers, scheduler and reaper until SIGINT/SIGTERM or `shutdown()`, then stop
+        gracefully (``Config.shutdown_grace``) and return. Connects if needed.
+
+        It returns only after a signal, `shutdown()` or cancellation. An unexpected error in
+        any of its tasks requeues every job this process holds, is logged with its
+        traceback, and is raised (the error itself when it is the only one, else the
+        group).
+
+        Example::
+
+            trio.run(queue.serve)
+        """
+        async with metrics_listeners(self.config) as listeners, self._connected() as runtime:
+            self._serving = serving = Serving(runtime, listeners)
+            if self._shutdown_requested:
+                serving.shutdown()
+            try:
+                await serving.run(task_status=task_status)
+            finally:
+                self._serving = None
+                self._shutdown_requested = False
+
+
+__all__: Sequence[str] = ["Queue"]
