@@ -98,10 +98,12 @@ def make_queue() -> Queue:
 
 def job_to_json(job: Job) -> dict[str, Any]:
     """A `Job` as JSON-ready data: datetimes in ISO 8601, the status as its string."""
-    data = attrs.asdict(job)
-    for key, value in data.items():
-        if isinstance(value, datetime):
-            data[key] = value.isoformat()
+    data = attrs.asdict(
+        job,  # nested too: the datetimes of job.attempts
+        value_serializer=lambda _inst, _field, value: (
+            value.isoformat() if isinstance(value, datetime) else value
+        ),
+    )
     data["status"] = job.status.value
     return data
 

@@ -16,6 +16,8 @@ Example::
 """
 
 from ._broker._memory import MemoryBroker as MemoryBroker
+from ._clients._asyncio import AsyncioClient as AsyncioClient
+from ._clients._sync import Client as Client
 from ._clock import Clock as Clock
 from ._clock import SystemClock as SystemClock
 from ._clock import TrioClock as TrioClock
@@ -24,6 +26,7 @@ from ._errors import CommandError as CommandError
 from ._errors import ConfigError as ConfigError
 from ._errors import EnqueueOutcomeUnknown as EnqueueOutcomeUnknown
 from ._errors import InvalidJobError as InvalidJobError
+from ._errors import JobFailed as JobFailed
 from ._errors import JobNotFound as JobNotFound
 from ._errors import KyuConnectionError as KyuConnectionError
 from ._errors import KyuError as KyuError
@@ -33,6 +36,7 @@ from ._errors import NotConnectedError as NotConnectedError
 from ._errors import SchemaError as SchemaError
 from ._errors import ServerError as ServerError
 from ._errors import UnknownJobType as UnknownJobType
+from ._job import Attempt as Attempt
 from ._job import EnqueueRequest as EnqueueRequest
 from ._job import Job as Job
 from ._job import JobStatus as JobStatus
@@ -49,8 +53,11 @@ from ._store._memory import MemoryStore as MemoryStore
 from ._version import __version__ as __version__
 
 __all__ = [
+    "AsyncioClient",
+    "Attempt",
     "Broker",
     "CallNext",
+    "Client",
     "Clock",
     "CommandError",
     "Config",
@@ -60,6 +67,7 @@ __all__ = [
     "Handler",
     "InvalidJobError",
     "Job",
+    "JobFailed",
     "JobNotFound",
     "JobStatus",
     "KyuConnectionError",

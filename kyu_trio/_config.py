@@ -26,6 +26,10 @@ MAX_WORKERS = 100_000
 MAX_POOL_SIZE = 10_000
 #: PostgreSQL's own limit for a text value.
 MAX_PAYLOAD_BYTES = 1024**3 - 1
+#: Below PostgreSQL's limit for a jsonb value (255 MiB, less its header).
+MAX_RESULT_BYTES = 255 * 1024**2 - 1024
+#: Most runs a job's history may keep.
+MAX_ATTEMPTS_KEPT = 10_000
 
 _DEFAULT_LOGGER = logging.getLogger("kyu_trio")
 
@@ -147,10 +151,15 @@ class Config:
     shutdown_grace: float = attrs.field(default=30.0, validator=_seconds(allow_zero=True))
     #: Connections in each of the PostgreSQL and Redis pools (and threads using them).
     pool_size: int = attrs.field(default=10, validator=_count(MAX_POOL_SIZE))
-    #: Largest payload `enqueue` accepts, in bytes of UTF-8.
+    #: Largest payload `enqueue` accepts, in bytes of its JSON encoding (UTF-8).
     max_payload_bytes: int = attrs.field(
         default=10 * 1024 * 1024, validator=_count(MAX_PAYLOAD_BYTES)
     )
+    #: Largest handler result stored, in bytes of its JSON encoding (UTF-8). A larger (or
+    #: non-JSON) result makes the job dead with a ``ResultError`` message.
+    max_result_bytes: int = attrs.field(default=1024 * 1024, validator=_count(MAX_RESULT_BYTES))
+    #: Runs kept in each job's `Job.attempts` history (the most recent ones).
+    max_attempts_kept: int = attrs.field(default=20, validator=_count(MAX_ATTEMPTS_KEPT))
     #: Wait for PostgreSQL's WAL flush on enqueue and on recording outcomes. Off trades
     #: durability for speed: a PostgreSQL crash may forget the last few hundred ms of
     #: enqueued jobs and outcomes (outcomes are then re-run: still at-least-once).

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from ._text import one_line
+
+if TYPE_CHECKING:
+    from ._job import Job
+
 
 class KyuError(Exception):
     """Base class of every error kyu-trio raises on purpose.
@@ -27,6 +34,25 @@ class InvalidJobError(KyuError, ValueError):
 
 class JobNotFound(KyuError, LookupError):
     """No job with this id exists (in any queue)."""
+
+
+class JobFailed(KyuError):
+    """`result()` has no value to give: the job ended ``dead`` (no retries left) or
+    ``cancelled``. ``job`` is the job as it ended: its status, last error and attempts.
+
+    Example::
+
+        try:
+            value = client.result(job_id, timeout=30)
+        except kyu_trio.JobFailed as exc:
+            print(exc.job.status, exc.job.error_message)
+    """
+
+    def __init__(self, job: Job) -> None:
+        # The error is user text: one line, and short (the whole of it is on ``job``).
+        why = f": {one_line(job.error_message[:300])}" if job.error_message else ""
+        super().__init__(f"job {job.id} ({job.job_type}) ended {job.status.value}{why}")
+        self.job = job
 
 
 class KyuConnectionError(KyuError, ConnectionError):

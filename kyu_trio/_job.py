@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import Any
 
 import attrs
 
@@ -32,6 +33,35 @@ READY_STATES = frozenset({JobStatus.PENDING, JobStatus.SCHEDULED, JobStatus.FAIL
 #: States a job never leaves.
 FINAL_STATES = frozenset({JobStatus.COMPLETED, JobStatus.DEAD, JobStatus.CANCELLED})
 
+#: How a run ended, as `Attempt.outcome` says: the handler returned; it raised and a retry
+#: is due; it raised on its last try; it ran out of time; shutdown put it back; the reaper
+#: rescued it from a lost worker.
+ATTEMPT_OUTCOMES = frozenset({"completed", "failed", "dead", "timed_out", "requeued", "lost"})
+
+
+@attrs.frozen
+class Attempt:
+    """One run of a job: who ran it, when, and how it ended (``outcome``, one of
+    ``completed``, ``failed``, ``dead``, ``timed_out``, ``requeued``, ``lost``).
+
+    ``error`` is ``"<ExceptionType>: <message>"`` for a run that did not complete, and
+    ``traceback`` the formatted traceback of a handler's exception (its last 16 KiB).
+
+    Example::
+
+        job = await queue.inspect(job_id)
+        for a in job.attempts:
+            print(a.attempt, a.outcome, a.worker_id, a.error)
+    """
+
+    attempt: int
+    worker_id: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    outcome: str
+    error: str | None = None
+    traceback: str | None = None
+
 
 @attrs.frozen
 class Job:
@@ -40,16 +70,21 @@ class Job:
     ``retry_count`` counts retries so far (0 after a first-try success); ``attempt``
     counts claims and is the token that fences a worker's later writes.
 
+    ``payload`` is the decoded JSON value the handler receives, ``result`` what the
+    handler returned (decoded JSON; None until the job completes). ``attempts`` lists
+    its finished runs, oldest first (the last `Config.max_attempts_kept`): `inspect`
+    fills it, listings (`list_jobs`, `dead_jobs`) leave it empty.
+
     Example::
 
         job = await queue.inspect(job_id)
-        print(job.status, job.retry_count, job.error_message)
+        print(job.status, job.result, [a.outcome for a in job.attempts])
     """
 
     id: str
     queue: str
     job_type: str
-    payload: str
+    payload: Any
     status: JobStatus
     priority: int
     scheduled_at: datetime
@@ -64,6 +99,8 @@ class Job:
     updated_at: datetime
     attempt: int = 0
     heartbeat_at: datetime | None = None
+    result: Any = None
+    attempts: tuple[Attempt, ...] = ()
 
 
 @attrs.frozen
@@ -72,11 +109,11 @@ class EnqueueRequest:
 
     Example::
 
-        EnqueueRequest("send_email", '{"to": "a@b.c"}', priority=5)
+        EnqueueRequest("send_email", {"to": "a@b.c"}, priority=5)
     """
 
     job_type: str
-    payload: str
+    payload: Any = None
     priority: int = 0
     max_retries: int = 3
     scheduled_at: datetime | None = None

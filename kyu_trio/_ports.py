@@ -18,7 +18,7 @@ from ._job import Job, JobStatus
 
 @attrs.frozen
 class NewJob:
-    """A validated job about to be inserted."""
+    """A validated job about to be inserted; ``payload`` is its JSON text."""
 
     id: str
     queue: str
@@ -48,14 +48,25 @@ class Lease:
     attempt: int
 
 
+def _default_outcome(failure: Failure) -> str:
+    return "dead" if failure.status is JobStatus.DEAD else "failed"
+
+
 @attrs.frozen
 class Failure:
-    """A failed run, with the state the policy decided: FAILED (retry at ``due``) or DEAD."""
+    """A failed run, with the state the policy decided: FAILED (retry at ``due``) or DEAD.
+
+    ``outcome`` is what the run's `Attempt` records (``failed`` or ``dead`` by default;
+    ``timed_out``, ``lost``), ``traceback`` the handler's exception, formatted."""
 
     lease: Lease
     status: JobStatus
     error_message: str
     due: datetime | None = None
+    outcome: str = attrs.field(
+        default=attrs.Factory(_default_outcome, takes_self=True), kw_only=True
+    )
+    traceback: str | None = attrs.field(default=None, kw_only=True)
 
 
 @attrs.frozen
@@ -117,7 +128,14 @@ class Store(Protocol):
         """
         ...
 
-    async def get_job(self, job_id: str) -> Job | None: ...
+    async def get_job(self, job_id: str) -> Job | None:
+        """The job with its result and its attempt history; None if there is none."""
+        ...
+
+    async def get_jobs(self, ids: Sequence[str]) -> list[Job]:
+        """The jobs among ``ids`` that exist, of any queue, with their results (their
+        ``attempts`` left empty); one query however many ids."""
+        ...
 
     async def cancel_job(self, job_id: str, now: datetime) -> CancelResult: ...
 
@@ -137,22 +155,33 @@ class Store(Protocol):
         ...
 
     async def complete_jobs(
-        self, leases: Sequence[Lease], worker_id: str, now: datetime
+        self,
+        leases: Sequence[Lease],
+        worker_id: str,
+        now: datetime,
+        results: Sequence[str | None] | None = None,
     ) -> list[str]:
-        """RUNNING -> COMPLETED for jobs this worker still holds; return those ids."""
+        """RUNNING -> COMPLETED for jobs this worker still holds; return those ids.
+
+        ``results`` (aligned with ``leases``, None for none at all) are the handlers'
+        return values as JSON text, stored as each job's result. The completed run's
+        `Attempt` is not written: it is read back from the row (attempt, locked_by,
+        locked_at, completed_at), which keeps the hot path to one narrow update."""
         ...
 
     async def fail_jobs(
         self, failures: Sequence[Failure], worker_id: str, now: datetime
     ) -> list[str]:
         """RUNNING -> FAILED (retry at ``due``, retry_count + 1) or DEAD, for jobs that
-        ``worker_id`` still holds under each failure's lease; return those ids."""
+        ``worker_id`` still holds under each failure's lease, recording the run in the
+        job's attempt history; return those ids."""
         ...
 
     async def requeue_jobs(
         self, leases: Sequence[Lease], worker_id: str, now: datetime
     ) -> list[Ready]:
-        """RUNNING -> PENDING without spending a retry (shutdown); return what to push."""
+        """RUNNING -> PENDING without spending a retry (shutdown), recording the run as
+        ``requeued`` in the job's attempt history; return what to push."""
         ...
 
     async def heartbeat(self, leases: Sequence[Lease], worker_id: str, now: datetime) -> int: ...
@@ -260,4 +289,19 @@ class Broker(Protocol):
     async def claim_epoch(self, queue: str) -> bool:
         """Set the queue's marker key if absent. True means it was absent: the broker
         lost its data (flushed, restarted empty) or is new, and must be resynced."""
+        ...
+
+    async def has_waiters(self, queue: str) -> bool:
+        """Whether some process waits for a `result()` of this queue. May answer from what
+        it learnt up to a second ago: workers ask after every batch of outcomes."""
+        ...
+
+    async def publish_finished(self, queue: str, ids: Sequence[str]) -> None:
+        """Tell the queue's waiters that these jobs reached a final state (they look each
+        one up: a stray id costs a lookup, not a wrong answer)."""
+        ...
+
+    async def wait_finished(self, queue: str, ids: Sequence[str], wait: float) -> bool:
+        """Mark the queue as waited on, and wait up to ``wait`` seconds for a
+        `publish_finished` naming one of ``ids``; True if one came."""
         ...

@@ -5,14 +5,17 @@ Nothing here does I/O, so every rule is tested without servers (tests/unit).
 
 Example::
 
-    new_job = validate_request(("send_email", "{}"), config=Config(), now=now, job_id=job_id)
+    new_job = validate_request(("send_email", {"to": 1}), config=Config(), now=now, job_id=jid)
 """
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from ._config import MAX_SECONDS, Config, shown
 from ._errors import InvalidJobError, JobNotFound, KyuError
@@ -81,22 +84,90 @@ def _encodable(text: str) -> bool:
     return True
 
 
-def check_payload(payload: object, max_bytes: int) -> str:
-    """A payload: a str PostgreSQL can store as text, of at most ``max_bytes`` in UTF-8."""
-    if not isinstance(payload, str):
-        raise InvalidJobError(
-            f"payload must be a str (serialise it yourself, e.g. json.dumps), "
-            f"got {type(payload).__name__}"
-        )
-    if "\x00" in payload:
-        raise InvalidJobError("payload must not contain NUL characters (PostgreSQL text)")
+#: One encoder for payloads and results: compact, strict JSON (NaN and infinities are not
+#: JSON, and another language's client could not read them), non-ASCII kept as UTF-8.
+#: Built once: ``json.dumps`` with options builds a new encoder per call.
+_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+#: A ``\u0000`` escape that is not itself an escaped backslash: jsonb refuses it.
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def _encode(value: object, what: str) -> tuple[str, int]:
+    """``value`` as JSON text and its size in UTF-8; ValueError saying what is wrong."""
     try:
-        size = len(payload.encode("utf-8"))
+        text = _ENCODER.encode(value)
+    except Exception as exc:
+        # TypeError: not serialisable; ValueError: NaN, infinity, a circular reference or
+        # an int too long to print; RecursionError: nesting deeper than Python's stack;
+        # anything else: a dict or list subclass whose own methods raise.
+        if isinstance(exc, RecursionError):
+            reason = "nested too deeply"
+        elif isinstance(exc, TypeError | ValueError):
+            reason = str(exc)
+        else:
+            reason = f"encoding it raised {type(exc).__name__}"
+        raise ValueError(
+            f"{what} must be a JSON value (dict, list, str, int, float, bool or None; no "
+            f"NaN or infinity): {reason[:200]}"
+        ) from None
+    if text.isascii():
+        return text, len(text)
+    try:
+        return text, len(text.encode("utf-8"))
     except UnicodeEncodeError:
-        raise InvalidJobError("payload is not valid Unicode (lone surrogates)") from None
+        raise ValueError(f"{what} is not valid Unicode (lone surrogates)") from None
+
+
+def encode_payload(payload: object, max_bytes: int) -> str:
+    """The payload as the JSON text stored in ``kyu_jobs.payload``; `InvalidJobError` for
+    a value that is not JSON, or whose encoding is over ``max_bytes`` of UTF-8.
+
+    Example::
+
+        assert encode_payload({"to": "a@b.c"}, 1000) == '{"to":"a@b.c"}'
+    """
+    if type(payload) is str and payload.isascii() and len(payload) < 1000:
+        # The common case, short text: no need to look further than the encoder does.
+        text = _ENCODER.encode(payload)
+        size = len(text)
+    else:
+        try:
+            text, size = _encode(payload, "payload")
+        except ValueError as exc:
+            raise InvalidJobError(str(exc)) from None
     if size > max_bytes:
-        raise InvalidJobError(f"payload is {size} bytes, over Config.max_payload_bytes={max_bytes}")
-    return payload
+        raise InvalidJobError(
+            f"payload is {size} bytes of JSON, over Config.max_payload_bytes={max_bytes}"
+        )
+    return text
+
+
+def decode_payload(text: str) -> Any:
+    """The value a handler receives for a stored payload.
+
+    A row that does not hold JSON (written by SQL outside kyu-trio, or by a kyu-trio
+    older than schema version 3 during an upgrade) hands its text over as it is, as
+    kyu-trio did before payloads were JSON, rather than failing the job."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def encode_result(value: object, max_bytes: int) -> str:
+    """A handler's return value as JSON text for ``kyu_jobs.result``; ValueError (with
+    the message the job is recorded with) when it cannot be stored."""
+    text, size = _encode(value, "a handler's result")
+    if size > max_bytes:
+        raise ValueError(
+            f"a handler's result is {size} bytes of JSON, over "
+            f"Config.max_result_bytes={max_bytes}: return less (e.g. where the data is)"
+        )
+    if "\\u0000" in text and _JSON_NUL.search(text):
+        raise ValueError(
+            "a handler's result must not contain NUL characters (PostgreSQL's jsonb refuses them)"
+        )
+    return text
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> int:
@@ -160,7 +231,7 @@ def validate_request(item: object, *, config: Config, now: datetime, job_id: str
     elif not isinstance(item, EnqueueRequest):
         raise InvalidJobError("each job is (job_type, payload) or an EnqueueRequest")
     job_type = check_job_type(item.job_type)
-    payload = check_payload(item.payload, config.max_payload_bytes)
+    payload = encode_payload(item.payload, config.max_payload_bytes)
     priority = _check_int("priority", item.priority, PRIORITY_MIN, PRIORITY_MAX)
     retries = _check_int("max_retries", item.max_retries, 0, MAX_RETRIES_LIMIT)
     timeout = check_job_timeout(

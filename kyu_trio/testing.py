@@ -76,9 +76,10 @@ def memory_queue(config: Config | None = None, *, clock: Clock | None = None) ->
             await queue.enqueue("add", "1 2")
             assert len(await drain(queue)) == 1
     """
+    config = _memory_config(config)
     return Queue(
-        _memory_config(config),
-        store=MemoryStore(),
+        config,
+        store=MemoryStore(attempts_kept=config.max_attempts_kept),
         broker=MemoryBroker(),
         clock=clock if clock is not None else TrioClock(),
     )
@@ -115,7 +116,7 @@ def in_memory(queue: Queue, *, clock: Clock | None = None) -> Iterator[Queue]:
     if queue in _IN_MEMORY:
         raise KyuError(f"{queue!r} is in memory already: in_memory() blocks may not nest")
     saved = (queue._given_store, queue._given_broker, queue._clock, queue.config, queue.metrics)
-    queue._given_store = MemoryStore()
+    queue._given_store = MemoryStore(attempts_kept=queue.config.max_attempts_kept)
     queue._given_broker = MemoryBroker()
     queue._clock = clock if clock is not None else TrioClock()
     queue.config = _memory_config(queue.config)

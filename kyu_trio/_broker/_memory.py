@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import trio
 
 from .._ports import Ready
 from .._score import score
+from .._waiters import WAITING_TTL
 
 
 class MemoryBroker:
@@ -17,6 +19,9 @@ class MemoryBroker:
         self.sets: dict[str, dict[str, float]] = {}
         self._markers: set[str] = set()
         self._pushed = trio.Event()
+        self._waiting: dict[str, float] = {}  # queue -> when its waiting mark expires
+        self._finished: dict[str, trio.Event] = {}
+        self._last_finished: dict[str, set[str]] = {}
 
     def flush(self) -> None:
         """Forget everything, as FLUSHALL or a restart without persistence would."""
@@ -96,3 +101,25 @@ class MemoryBroker:
 
     async def ping(self) -> None:
         await trio.lowlevel.checkpoint()
+
+    async def has_waiters(self, queue: str) -> bool:
+        await trio.lowlevel.checkpoint()
+        return self._waiting.get(queue, -math.inf) > trio.current_time()
+
+    async def publish_finished(self, queue: str, ids: Sequence[str]) -> None:
+        await trio.lowlevel.checkpoint()
+        if ids:
+            self._last_finished[queue] = set(ids)
+            self._finished.pop(queue, trio.Event()).set()
+
+    async def wait_finished(self, queue: str, ids: Sequence[str], wait: float) -> bool:
+        await trio.lowlevel.checkpoint()
+        self._waiting[queue] = trio.current_time() + WAITING_TTL
+        wanted = set(ids)
+        with trio.move_on_after(wait):
+            while True:
+                event = self._finished.setdefault(queue, trio.Event())
+                await event.wait()
+                if wanted & self._last_finished.get(queue, set()):
+                    return True
+        return False

@@ -13,6 +13,7 @@ any other refusal a `CommandError`.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from typing import Any, TypeVar
@@ -25,6 +26,13 @@ from .._dsn import mask_password, redis_address
 from .._errors import CommandError, KyuConnectionError, KyuError, ServerError
 from .._ports import Ready
 from .._score import score
+from .._waiters import (
+    WAITING_CHECK_INTERVAL,
+    WAITING_TTL,
+    finished_channel,
+    parse_finished,
+    waiting_key,
+)
 
 T = TypeVar("T")
 
@@ -90,6 +98,31 @@ def _reply_text(exc: redis.exceptions.RedisError) -> tuple[str, str]:
     return code, mask_password(text)
 
 
+def redis_error(address: str, exc: redis.exceptions.RedisError) -> KyuError:
+    """The KyuError for a redis-py exception (sync or asyncio: they share their classes),
+    naming the server as ``address``."""
+    if isinstance(exc, redis.exceptions.AuthenticationError | redis.exceptions.AuthorizationError):
+        return KyuConnectionError(f"Redis at {address} refused us: {mask_password(str(exc))}")
+    if isinstance(exc, redis.exceptions.ResponseError | redis.exceptions.BusyLoadingError):
+        code, text = _reply_text(exc)
+        if code in TRANSIENT_CODES:
+            return ServerError(f"Redis at {address} answered with an error: {text}")
+        return CommandError(f"Redis at {address} refused a command: {text}")
+    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError
+                  | redis.exceptions.InvalidResponse):  # fmt: skip
+        return KyuConnectionError(
+            f"Redis at {address} is unreachable or went away: "
+            f"{mask_password(str(exc)) or type(exc).__name__}"
+        )
+    # DataError and the like: what we sent was wrong before it left the process.
+    return CommandError(f"Redis at {address}: {type(exc).__name__}: {mask_password(str(exc))}")
+
+
+def ready_scores(entries: Sequence[Ready]) -> dict[str, float]:
+    """What ZADD takes for ``entries``: id -> score."""
+    return {e.id: score(e.priority, e.seq) for e in entries}
+
+
 class _Handoff:
     """Hands a pop's result from its thread to the trio task, or, if the task stopped
     waiting (its call was cancelled and abandoned), tells the thread to put it back:
@@ -126,6 +159,9 @@ class RedisBroker:
         self._pool_size = pool_size
         self._client: redis.Redis | None = None
         self._limiter = trio.CapacityLimiter(pool_size)
+        #: queue -> (when we last asked, whether its waiting key existed)
+        self._waiting_seen: dict[str, tuple[float, bool]] = {}
+        self._wait_client: redis.Redis | None = None  # for `wait_finished`, made on first use
 
     def _connection_error(self, exc: BaseException) -> KyuConnectionError:
         return KyuConnectionError(
@@ -134,25 +170,7 @@ class RedisBroker:
         )
 
     def _error(self, exc: redis.exceptions.RedisError) -> KyuError:
-        """The KyuError for a redis-py exception."""
-        if isinstance(
-            exc, redis.exceptions.AuthenticationError | redis.exceptions.AuthorizationError
-        ):
-            return KyuConnectionError(
-                f"Redis at {self._address} refused us: {mask_password(str(exc))}"
-            )
-        if isinstance(exc, redis.exceptions.ResponseError | redis.exceptions.BusyLoadingError):
-            code, text = _reply_text(exc)
-            if code in TRANSIENT_CODES:
-                return ServerError(f"Redis at {self._address} answered with an error: {text}")
-            return CommandError(f"Redis at {self._address} refused a command: {text}")
-        if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError
-                      | redis.exceptions.InvalidResponse):  # fmt: skip
-            return self._connection_error(exc)
-        # DataError and the like: what we sent was wrong before it left the process.
-        return CommandError(
-            f"Redis at {self._address}: {type(exc).__name__}: {mask_password(str(exc))}"
-        )
+        return redis_error(self._address, exc)
 
     def _require(self) -> redis.Redis:
         client = self._client
@@ -203,6 +221,9 @@ class RedisBroker:
 
     async def close(self) -> None:
         client, self._client = self._client, None
+        waits, self._wait_client = self._wait_client, None
+        if waits is not None:
+            await trio.to_thread.run_sync(waits.close)
         if client is not None:
             # Closing only shuts sockets: it cannot hang on a server that stopped answering.
             await trio.to_thread.run_sync(client.close)
@@ -223,7 +244,7 @@ class RedisBroker:
         if not entries:
             return
         try:
-            client.zadd(queue, {e.id: score(e.priority, e.seq) for e in entries})
+            client.zadd(queue, ready_scores(entries))
         except redis.exceptions.RedisError as exc:
             error = self._error(exc)
             if not isinstance(error, KyuConnectionError):
@@ -299,3 +320,52 @@ class RedisBroker:
 
     async def ping(self) -> None:
         await self._run(lambda r: r.ping())
+
+    async def has_waiters(self, queue: str) -> bool:
+        now = time.monotonic()
+        seen = self._waiting_seen.get(queue)
+        if seen is not None and now - seen[0] < WAITING_CHECK_INTERVAL:
+            return seen[1]
+        # Noted before asking: during an outage too, Redis is asked at most once a second.
+        self._waiting_seen[queue] = (now, False)
+        found = bool(await self._run(lambda r: r.exists(waiting_key(queue))))
+        self._waiting_seen[queue] = (now, found)
+        return found
+
+    async def publish_finished(self, queue: str, ids: Sequence[str]) -> None:
+        if ids:
+            message = ",".join(ids)
+            await self._run(lambda r: r.publish(finished_channel(queue), message))
+
+    async def wait_finished(self, queue: str, ids: Sequence[str], wait: float) -> bool:
+        wanted = set(ids)
+        address = self._address
+        self._require()
+        if self._wait_client is None:
+            # Connections of their own, outside the bounded pool, and threads outside its
+            # limiter: a subscribed connection can do nothing else, and long waits must
+            # not hold up the workers' pops and pushes.
+            self._wait_client = redis.Redis.from_url(
+                self._url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=SOCKET_TIMEOUT
+            )
+
+        def wait_for_message(client: redis.Redis) -> bool:
+            pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            try:
+                pubsub.subscribe(finished_channel(queue))
+                client.set(waiting_key(queue), "1", ex=WAITING_TTL)
+                deadline = time.monotonic() + wait
+                while (left := deadline - time.monotonic()) > 0:
+                    message = pubsub.get_message(timeout=left)
+                    if message is not None and wanted & set(parse_finished(message["data"])):
+                        return True
+                return False
+            finally:
+                pubsub.close()
+
+        try:
+            return await trio.to_thread.run_sync(
+                wait_for_message, self._wait_client, abandon_on_cancel=True
+            )
+        except redis.exceptions.RedisError as exc:
+            raise redis_error(address, exc) from None

@@ -20,9 +20,19 @@ from .._job import Job, JobStatus
 from .._runtime._queue import Queue
 from .._score import PRIORITY_MAX, PRIORITY_MIN
 from .._stats import Stats
+from .._text import indented_block
 from .._validation import MAX_DURATION, MAX_LIMIT, MAX_RETRIES_LIMIT
-from ._app import CliError, CliUsageError, cli, connection_options, settings, with_queue
+from ._app import (
+    CliError,
+    CliUsageError,
+    cli,
+    connection_options,
+    one_line,
+    settings,
+    with_queue,
+)
 from ._output import (
+    attempts_table,
     echo_json,
     format_when,
     holds_nothing,
@@ -38,7 +48,12 @@ from ._parsing import Seconds, duration_option, when_option
 @cli.command()
 @connection_options
 @click.argument("job_type", metavar="TYPE")
-@click.argument("payload")
+@click.argument("payload", required=False)
+@click.option(
+    "--raw",
+    is_flag=True,
+    help="send PAYLOAD as a string even if it parses as JSON",
+)
 @click.option(
     "--priority",
     "-p",
@@ -75,7 +90,8 @@ from ._parsing import Seconds, duration_option, when_option
 )
 def enqueue(
     job_type: str,
-    payload: str,
+    payload: str | None,
+    raw: bool,
     priority: int,
     delay: float | None,
     at: datetime | None,
@@ -84,8 +100,12 @@ def enqueue(
 ) -> None:
     """Add a job of TYPE with PAYLOAD ('-' reads it from stdin); print its id.
 
+    PAYLOAD is a JSON value when it parses as JSON (none: null), else the text as typed;
+    --raw always sends it as a string ('--raw 42' sends "42", not 42).
+
     \b
     Example: kyu-trio enqueue send_email '{"to": "a@b.c"}' --priority 5 --delay 60
+             kyu-trio enqueue resize --raw photos/cat.png
     """
     if delay is not None and at is not None:
         raise CliUsageError("use --delay or --at, not both")
@@ -97,6 +117,7 @@ def enqueue(
                 f"the payload on stdin is not UTF-8 (byte {exc.start}): encode it as UTF-8 "
                 "text, e.g. JSON or base64"
             ) from None
+    value = _payload_value(payload, raw)
     when = at
     if delay is not None:
         when = datetime.now(UTC) + timedelta(seconds=delay)
@@ -105,7 +126,7 @@ def enqueue(
             settings().queue_obj(),
             lambda queue: queue.enqueue(
                 job_type,
-                payload,
+                value,
                 priority=priority,
                 max_retries=max_retries,
                 scheduled_at=when,
@@ -113,6 +134,26 @@ def enqueue(
             ),
         )
     )
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _payload_value(payload: str | None, raw: bool) -> Any:
+    """The value the CLI's PAYLOAD stands for: JSON when it parses as JSON, else the text
+    as typed (so that ``enqueue send_email grace@example.com`` needs no quoting);
+    ``--raw`` takes it as text always (``--raw 42`` sends the str "42")."""
+    if payload is None:
+        if raw:
+            raise CliUsageError("--raw needs a PAYLOAD (the string to send)")
+        return None
+    if raw:
+        return payload
+    try:
+        return json.loads(payload, parse_constant=_reject_constant)
+    except ValueError:
+        return payload
 
 
 json_option = click.option(
@@ -135,12 +176,24 @@ def inspect(job_id: str, as_json: bool) -> None:
         echo_json(job_dict(job))
         return
     data = job_dict(job)
+    del data["attempts"]
     width = max(len(k) for k in data)
     for key, value in data.items():
-        shown = (
-            format_when(value) if isinstance(value, datetime) else ("-" if value is None else value)
-        )
+        if key in ("payload", "result"):
+            shown = one_line(json.dumps(value, ensure_ascii=False))
+        elif isinstance(value, datetime):
+            shown = format_when(value)
+        else:
+            shown = "-" if value is None else value
         click.echo(f"{key.ljust(width)}  {shown}")
+    if job.attempts:
+        click.echo("")
+        click.echo(attempts_table(job.attempts))
+        failed = [a for a in job.attempts if a.traceback]
+        if failed:
+            click.echo("")
+            click.echo(f"traceback of attempt {failed[-1].attempt}:")
+            click.echo(indented_block(failed[-1].traceback or ""))
 
 
 @cli.command()

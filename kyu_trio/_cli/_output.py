@@ -10,7 +10,7 @@ from typing import Any
 import attrs
 import click
 
-from .._job import Job, JobStatus
+from .._job import Attempt, Job, JobStatus
 from .._runtime._queue import Queue
 from .._stats import Stats
 from ._app import one_line
@@ -81,6 +81,22 @@ def jobs_table(jobs: Sequence[Job]) -> str:
         for j in jobs
     ]
     return table(["id", "type", "status", "priority", "retries", "created_at", "error"], rows)
+
+
+def attempts_table(attempts: Sequence[Attempt]) -> str:
+    """A job's runs, oldest first."""
+    rows = [
+        [
+            str(a.attempt),
+            a.outcome,
+            a.worker_id or "-",
+            format_when(a.started_at),
+            format_when(a.finished_at),
+            _cut(a.error, 60),
+        ]
+        for a in attempts
+    ]
+    return table(["attempt", "outcome", "worker", "started_at", "finished_at", "error"], rows)
 
 
 def stats_text(stats: Stats) -> str:

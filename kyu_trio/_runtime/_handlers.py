@@ -14,9 +14,10 @@ import trio
 from .._errors import KyuError, UnknownJobType, require_extra
 from .._job import Job
 
-#: A job's code: called with the payload; ``async def`` (run in the worker task), plain
-#: ``def`` (run in a thread) or, registered with ``asyncio=True``, an asyncio coroutine.
-Handler = Callable[[str], Any]
+#: A job's code: called with the decoded JSON payload, returning the job's result (a JSON
+#: value, or None); ``async def`` (run in the worker task), plain ``def`` (run in a
+#: thread) or, registered with ``asyncio=True``, an asyncio coroutine.
+Handler = Callable[[Any], Any]
 #: What middleware calls to run the rest of the chain (and at its end, the handler).
 CallNext = Callable[[], Awaitable[None]]
 #: ``async def mw(job: Job, call_next: CallNext) -> None``, registered with `Queue.use`.
@@ -35,7 +36,7 @@ def current_job() -> Job:
     Example::
 
         @queue.handler("resize")
-        async def resize(payload: str) -> None:
+        async def resize(payload: dict) -> None:
             job = current_job()
             print(f"attempt {job.retry_count + 1} of job {job.id}")
     """
@@ -83,33 +84,41 @@ class Registry:
         except KeyError:
             raise UnknownJobType(job_type) from None
 
-    async def execute(self, job: Job, threads: trio.CapacityLimiter | None = None) -> None:
-        """Run ``job`` through the middleware chain and its handler, with `current_job` set.
+    async def execute(self, job: Job, threads: trio.CapacityLimiter | None = None) -> Any:
+        """Run ``job`` through the middleware chain and its handler, with `current_job` set;
+        return what the handler returned.
 
         The handler is looked up inside the chain, so middleware sees unknown job types
         fail like any other error. A plain ``def`` handler runs in a thread drawn through
         ``threads`` (trio's default limiter, 40 threads, when None).
         """
         token = _current_job.set(job)
+        # The handler's value bypasses the middleware: a middleware written before results
+        # existed (``await call_next()`` without returning it) must not lose it.
+        returned: list[Any] = []
         try:
-            call: CallNext = functools.partial(self._call_handler, job, threads)
+            call: CallNext = functools.partial(self._call_handler, job, threads, returned)
             for mw in reversed(self.middleware):
                 call = functools.partial(mw, job, call)
             await call()
         finally:
             _current_job.reset(token)
+        return returned[-1] if returned else None
 
-    async def _call_handler(self, job: Job, threads: trio.CapacityLimiter | None) -> None:
+    async def _call_handler(
+        self, job: Job, threads: trio.CapacityLimiter | None, returned: list[Any]
+    ) -> None:
         spec = self.lookup(job.job_type)
         if spec.kind == "async":
-            await spec.fn(job.payload)
+            value = await spec.fn(job.payload)
         elif spec.kind == "sync":
             # A thread cannot be interrupted: on timeout or shutdown we stop waiting for it
             # and record the outcome; the thread finishes (or not) on its own.
-            await trio.to_thread.run_sync(
+            value = await trio.to_thread.run_sync(
                 spec.fn, job.payload, abandon_on_cancel=True, limiter=threads
             )
         else:
             import trio_asyncio
 
-            await trio_asyncio.aio_as_trio(spec.fn)(job.payload)
+            value = await trio_asyncio.aio_as_trio(spec.fn)(job.payload)
+        returned.append(value)

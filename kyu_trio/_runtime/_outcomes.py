@@ -32,6 +32,8 @@ class Outcome:
     failure: Failure | None = None
     #: The formatted traceback of a handler's exception (storable, bounded), for the log.
     traceback: str | None = None
+    #: A completed run's result as JSON text (None when the handler returned None).
+    result: str | None = None
 
     @property
     def lease(self) -> Lease:
@@ -68,9 +70,29 @@ def timeout_message(job_timeout: float) -> str:
     return f"TimeoutError: timed out after {float(job_timeout)}s"
 
 
-def decide_failure(job: Job, message: str, now: datetime, policy: RetryPolicy) -> Failure:
-    """Retry after backoff while retries remain (``max_retries=N`` allows N+1 runs), else dead."""
+def result_error_message(reason: str) -> str:
+    return storable(f"ResultError: {reason}", MAX_ERROR_BYTES)
+
+
+def decide_failure(
+    job: Job,
+    message: str,
+    now: datetime,
+    policy: RetryPolicy,
+    *,
+    outcome: str | None = None,
+    traceback: str | None = None,
+) -> Failure:
+    """Retry after backoff while retries remain (``max_retries=N`` allows N+1 runs), else dead.
+
+    ``outcome`` is what the run's `Attempt` says: ``timed_out`` or ``lost``, or by default
+    ``failed`` (a retry is due) or ``dead``."""
     lease = Lease(job.id, job.attempt)
     if job.retry_count < job.max_retries:
-        return Failure(lease, JobStatus.FAILED, message, policy.next_due(job.retry_count, now))
-    return Failure(lease, JobStatus.DEAD, message)
+        due = policy.next_due(job.retry_count, now)
+        status = JobStatus.FAILED
+    else:
+        due, status = None, JobStatus.DEAD
+    if outcome is None:
+        return Failure(lease, status, message, due, traceback=traceback)
+    return Failure(lease, status, message, due, outcome=outcome, traceback=traceback)

@@ -26,12 +26,13 @@ from collections.abc import Iterator
 import attrs
 import trio
 
-from .._config import Config
+from .._config import Config, shown
 from .._errors import KyuConnectionError, KyuError, ServerError
 from .._job import Job, JobStatus
 from .._ports import Failure, Lease
 from .._retry import RetryPolicy
 from .._text import indented_block, one_line
+from .._validation import encode_result
 from ._handlers import Registry
 from ._outage import Outage
 from ._outcomes import (
@@ -40,6 +41,7 @@ from ._outcomes import (
     decide_failure,
     error_message,
     format_traceback,
+    result_error_message,
     timeout_message,
 )
 from ._service import Context
@@ -54,6 +56,10 @@ MAX_BATCH = 500
 #: long the last outcome writes may take before we give up on them (the reaper then
 #: rescues their jobs). Bounds shutdown even when PostgreSQL hangs.
 CLEANUP_LIMIT = 3.0
+#: Longest a batch's announcement to `result()` waiters may hold up the next batch, and
+#: how long announcing stays off after one failed.
+ANNOUNCE_LIMIT = 0.5
+ANNOUNCE_PAUSE = 10.0
 #: Stored instead of an error message the database refused.
 UNSTORABLE_MESSAGE = "(the error message could not be stored)"
 
@@ -414,8 +420,9 @@ class WorkerPool:
                         started = trio.current_time()
                         scope.deadline = started + job.job_timeout
                         error: BaseException | None = None
+                        value = None
                         try:
-                            await self._registry.execute(job, self._threads)
+                            value = await self._registry.execute(job, self._threads)
                         except BaseException as exc:
                             # SystemExit from a library's sys.exit(), KeyboardInterrupt or
                             # GeneratorExit raised by the handler's code are its failure
@@ -426,7 +433,7 @@ class WorkerPool:
                         # No checkpoint since the handler returned: the deadline cannot
                         # have cancelled anything in between.
                         scope.deadline = math.inf
-                        outcome = self._finished(job, trio.current_time() - started, error)
+                        outcome = self._finished(job, trio.current_time() - started, error, value)
                     await self._send_outcome(out_send, outcome)
                     job = None
         except trio.Cancelled:
@@ -446,7 +453,9 @@ class WorkerPool:
             if self._cancelling and trio.current_time() < scope.deadline:
                 outcome = Outcome(Kind.REQUEUE, job, duration)
             else:
-                outcome = self._failed(job, duration, timeout_message(job.job_timeout))
+                outcome = self._failed(
+                    job, duration, timeout_message(job.job_timeout), outcome="timed_out"
+                )
             await self._send_outcome(out_send, outcome)
         return True
 
@@ -463,15 +472,39 @@ class WorkerPool:
         finally:
             self._slots.release()
 
-    def _finished(self, job: Job, duration: float, error: BaseException | None) -> Outcome:
-        if error is None:
+    def _finished(
+        self, job: Job, duration: float, error: BaseException | None, value: object = None
+    ) -> Outcome:
+        if error is not None:
+            return self._failed(job, duration, error_message(error), format_traceback(error))
+        if value is None:
             return Outcome(Kind.COMPLETE, job, duration)
-        return self._failed(job, duration, error_message(error), format_traceback(error))
+        try:
+            result = encode_result(value, self._config.max_result_bytes)
+        except ValueError as exc:
+            return self._result_refused(job, duration, str(exc))
+        return Outcome(Kind.COMPLETE, job, duration, result=result)
+
+    def _result_refused(self, job: Job, duration: float, reason: str) -> Outcome:
+        """The handler returned a value that cannot be stored. The job is dead at once,
+        with the reason as its error: a retry would run the handler's side effects again
+        and, most often, return the same value; `retry_job` runs it again once fixed."""
+        message = result_error_message(reason)
+        failure = Failure(Lease(job.id, job.attempt), JobStatus.DEAD, message)
+        return Outcome(Kind.FAIL, job, duration, failure)
 
     def _failed(
-        self, job: Job, duration: float, message: str, traceback: str | None = None
+        self,
+        job: Job,
+        duration: float,
+        message: str,
+        traceback: str | None = None,
+        *,
+        outcome: str | None = None,
     ) -> Outcome:
-        failure = decide_failure(job, message, self._clock.now(), self._policy)
+        failure = decide_failure(
+            job, message, self._clock.now(), self._policy, outcome=outcome, traceback=traceback
+        )
         return Outcome(Kind.FAIL, job, duration, failure, traceback)
 
     async def _completer(
@@ -552,6 +585,44 @@ class WorkerPool:
             if self.recorded is not None and outcome.job.id in self._written:
                 self._written.discard(outcome.job.id)
                 self.recorded.append(outcome)
+        finished = [
+            o.job.id
+            for o in outcomes
+            if o.kind is Kind.COMPLETE
+            or (o.failure is not None and o.failure.status is JobStatus.DEAD)
+        ]
+        if finished:
+            await self._announce(finished)
+
+    #: Until when announcing is off after Redis failed to answer one (trio time).
+    _announce_quiet_until: float = -math.inf
+
+    async def _announce(self, ids: list[str]) -> None:
+        """Tell `result()` waiters that these jobs are final, only if some process waits
+        (asked at most once a second: without waiters this costs nothing per batch). An
+        id whose write was fenced off costs a waiter a lookup, never a wrong answer.
+
+        Recording outcomes must not wait on Redis: an announcement that fails or takes
+        longer than `ANNOUNCE_LIMIT` turns announcing off for `ANNOUNCE_PAUSE` seconds,
+        during which waiters find the results by their poll."""
+        if trio.current_time() < self._announce_quiet_until:
+            return
+        failed: KyuError | None = None
+        with trio.move_on_after(ANNOUNCE_LIMIT) as scope:
+            try:
+                if await self._broker.has_waiters(self._queue):
+                    await self._broker.publish_finished(self._queue, ids)
+            except KyuError as exc:
+                failed = exc
+        if failed is not None or scope.cancelled_caught:
+            self._announce_quiet_until = trio.current_time() + ANNOUNCE_PAUSE
+            # The fetcher's outage log already says when Redis is away.
+            self._log.debug(
+                "could not announce %d finished jobs (%s); retrying in %.0fs",
+                len(ids),
+                failed or "Redis did not answer in time",
+                ANNOUNCE_PAUSE,
+            )
 
     async def _write(self, unwritten: dict[Kind, list[Outcome]]) -> None:
         """Write each kind of outcome; an outcome leaves ``unwritten`` once written, so a
@@ -580,8 +651,23 @@ class WorkerPool:
 
     async def _write_refused(self, outcome: Outcome, exc: KyuError | ValueError) -> None:
         job = outcome.job
+        if outcome.kind is Kind.COMPLETE and outcome.result is not None:
+            # PostgreSQL refused the result (jsonb is stricter than Python's json in rare
+            # cases): the job must not stay running until the reaper rescues it.
+            self._log.error(
+                "job %s: PostgreSQL refused its result (%s); recording the job dead",
+                job.id,
+                one_line(error_message(exc)),
+            )
+            refused = self._result_refused(
+                job, outcome.duration, f"PostgreSQL refused the result: {error_message(exc)}"
+            )
+            await self._write_kind(Kind.FAIL, [refused])
+            return
         if outcome.failure is not None and outcome.failure.error_message != UNSTORABLE_MESSAGE:
-            failure = attrs.evolve(outcome.failure, error_message=UNSTORABLE_MESSAGE)
+            failure = attrs.evolve(
+                outcome.failure, error_message=UNSTORABLE_MESSAGE, traceback=None
+            )
             self._log.error(
                 "job %s: PostgreSQL refused its error message (%s); storing a placeholder",
                 job.id,
@@ -602,7 +688,11 @@ class WorkerPool:
         now = self._clock.now()
         leases = [o.lease for o in outcomes]
         if kind is Kind.COMPLETE:
-            written = await self._store.complete_jobs(leases, self._worker_id, now)
+            results = [o.result for o in outcomes]
+            if any(r is not None for r in results):
+                written = await self._store.complete_jobs(leases, self._worker_id, now, results)
+            else:  # the call a store written before results existed also takes
+                written = await self._store.complete_jobs(leases, self._worker_id, now)
             for o in outcomes:
                 self._log_outcome(o, "completed", logging.DEBUG)
         elif kind is Kind.FAIL:
@@ -650,7 +740,7 @@ class WorkerPool:
         payload = ""
         if self._config.log_payloads:
             extra["payload"] = job.payload
-            payload = f" payload={job.payload[:200]!r}"
+            payload = f" payload={shown(job.payload, 200)}"
         # A failed run's traceback, so that its cause is found without reproducing it;
         # every line indented and escaped (the message in it is user text).
         traceback = ""

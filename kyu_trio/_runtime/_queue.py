@@ -9,7 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import trio
 
@@ -17,7 +17,7 @@ from .._clock import Clock, SystemClock
 from .._config import Config
 from .._errors import JobNotFound, KyuConnectionError, KyuError, NotConnectedError
 from .._ids import new_job_ids
-from .._job import EnqueueRequest, Job, JobStatus
+from .._job import FINAL_STATES, EnqueueRequest, Job, JobStatus
 from .._ports import Broker, CancelOutcome, Store
 from .._stats import Stats
 from .._validation import (
@@ -31,6 +31,7 @@ from .._validation import (
     validate_request,
 )
 from .._version import __version__
+from .._waiters import POLL_INTERVAL, result_of
 from ._enqueue import insert_and_push
 from ._handlers import Handler, HandlerSpec, Middleware, Registry, handler_kind
 from ._metrics import Metrics
@@ -49,12 +50,13 @@ class Queue:
         queue = Queue(Config(dsn="postgresql://localhost/app", workers=5))
 
         @queue.handler("send_email")
-        async def send_email(payload: str) -> None:
+        async def send_email(payload: dict[str, str]) -> str:
             ...
+            return "sent"
 
         async def main() -> None:
             async with queue:
-                await queue.enqueue("send_email", '{"to": "a@b.c"}')
+                await queue.enqueue("send_email", {"to": "a@b.c"})
 
         trio.run(queue.serve)
 
@@ -172,7 +174,10 @@ class Queue:
 
         config = self.config
         store = self._given_store or PostgresStore(
-            config.dsn, config.pool_size, config.synchronous_commit
+            config.dsn,
+            config.pool_size,
+            config.synchronous_commit,
+            attempts_kept=config.max_attempts_kept,
         )
         broker = self._given_broker or RedisBroker(config.redis_url, config.pool_size)
         await store.open()
@@ -245,7 +250,7 @@ class Queue:
     async def enqueue(
         self,
         job_type: str,
-        payload: str,
+        payload: Any = None,
         *,
         priority: int = 0,
         max_retries: int = 3,
@@ -254,13 +259,15 @@ class Queue:
     ) -> str:
         """Add a job and return its id. It is durable in PostgreSQL when this returns.
 
-        ``priority``: -32768..32767, higher runs first. ``max_retries=N`` allows N+1 runs.
-        ``scheduled_at``: an aware datetime (None = now). ``job_timeout``: seconds
+        ``payload``: any JSON value (dict, list, str, int, float, bool, None); the handler
+        gets what ``json.loads(json.dumps(payload))`` gives. ``priority``: -32768..32767,
+        higher runs first. ``max_retries=N`` allows N+1 runs. ``scheduled_at``: an aware
+        datetime (None = now). ``job_timeout``: seconds
         (None = ``Config.default_job_timeout``).
 
         Example::
 
-            job_id = await queue.enqueue("send_email", '{"to": "a@b.c"}', priority=5)
+            job_id = await queue.enqueue("send_email", {"to": "a@b.c"}, priority=5)
         """
         ids = await self.enqueue_many(
             [
@@ -276,15 +283,16 @@ class Queue:
         )
         return ids[0]
 
-    async def enqueue_many(self, jobs: Iterable[EnqueueRequest | tuple[str, str]]) -> list[str]:
+    async def enqueue_many(self, jobs: Iterable[EnqueueRequest | tuple[str, Any]]) -> list[str]:
         """Add many jobs in one INSERT and one broker push; return their ids in order.
 
         Every item is validated first: one bad item rejects the call and writes nothing.
 
         Example::
 
-            ids = await queue.enqueue_many([("resize", "a.png"), EnqueueRequest("resize", "b.png",
-                                                                   priority=9)])
+            ids = await queue.enqueue_many(
+                [("resize", "a.png"), EnqueueRequest("resize", {"path": "b.png"}, priority=9)]
+            )
         """
         ctx = self._context()
         now = self._clock.now()
@@ -328,11 +336,41 @@ class Queue:
         if result.outcome == CancelOutcome.NOT_FOUND:
             raise JobNotFound(f"no job with id {key}")
         if result.outcome == CancelOutcome.CANCELLED and result.queue is not None:
-            # Tidy the broker; if this fails the claim refuses the cancelled job anyway.
+            # Tidy the broker (if this fails the claim refuses the cancelled job anyway),
+            # and wake whoever awaits its result (if this fails, their poll will).
             with suppress(KyuConnectionError):
                 await ctx.broker.remove(result.queue, [key])
+                await ctx.broker.publish_finished(result.queue, [key])
             return True
         return False
+
+    async def result(self, job_id: str) -> Any:
+        """Wait until the job has finished and return its handler's return value.
+
+        Raises `JobFailed` (with ``.job``) if it ended dead or cancelled, and `JobNotFound`
+        for an unknown id. No timeout argument: wrap the call in `trio.fail_after` (the job
+        runs on). Each call waits on its own notification connection; many waiters in one
+        process are cheaper through `Client` or `AsyncioClient`.
+
+        Example::
+
+            with trio.fail_after(10):
+                value = await queue.result(job_id)
+        """
+        key = parse_job_id(job_id)
+        ctx = self._context()
+        while True:
+            job = await ctx.store.get_job(key)
+            if job is None:
+                raise JobNotFound(f"no job with id {key}")
+            if job.status in FINAL_STATES:
+                return result_of(job)
+            # Woken by the worker's notification, or after POLL_INTERVAL in case it was
+            # missed (the job may also have finished before we listened).
+            try:
+                await ctx.broker.wait_finished(job.queue, [key], POLL_INTERVAL)
+            except KyuConnectionError:
+                await trio.sleep(POLL_INTERVAL)  # without Redis: poll
 
     async def dead_jobs(self, limit: int = 100) -> list[Job]:
         """This queue's dead jobs (no retries left), newest first; ``limit`` 1 to 1,000,000.

@@ -55,7 +55,9 @@ class Reaper:
         stale = await ctx.store.stale_jobs(ctx.queue, now, now - self._stale_after, BATCH)
         by_worker: dict[str, list[tuple[Job, Failure]]] = defaultdict(list)
         for job in stale:
-            failure = decide_failure(job, lost_worker_message(job), now, self._policy)
+            failure = decide_failure(
+                job, lost_worker_message(job), now, self._policy, outcome="lost"
+            )
             by_worker[job.locked_by or ""].append((job, failure))
         written = 0
         for worker_id, decided in by_worker.items():

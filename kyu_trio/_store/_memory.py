@@ -7,23 +7,45 @@ The conformance suite runs the same tests against this and `PostgresStore`.
 from __future__ import annotations
 
 import itertools
+import json
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
 import attrs
 import trio
 
-from .._job import READY_STATES, Job, JobStatus
+from .._job import READY_STATES, Attempt, Job, JobStatus
 from .._ports import CancelOutcome, CancelResult, Failure, Lease, NewJob, QueueStats, Ready
+from .._validation import decode_payload
 
 
 class MemoryStore:
     """Jobs kept in a dict. Every method is a checkpoint, as a real store's would be."""
 
-    def __init__(self) -> None:
+    def __init__(self, attempts_kept: int = 20) -> None:
+        #: Rows as `list_jobs` returns them: without their attempt history.
         self.jobs: dict[str, Job] = {}
         self._seq: dict[str, int] = {}
         self._counter = itertools.count(1)
+        self._attempts_kept = attempts_kept
+        # Runs that did not complete, as PostgreSQL's kyu_attempts holds them.
+        self._history: defaultdict[str, list[Attempt]] = defaultdict(list)
+
+    def _record(self, job: Job, now: datetime, outcome: str, failure: Failure | None) -> None:
+        runs = self._history[job.id]
+        runs.append(
+            Attempt(
+                attempt=job.attempt,
+                worker_id=job.locked_by,
+                started_at=job.locked_at,
+                finished_at=now,
+                outcome=outcome,
+                error=failure.error_message if failure else None,
+                traceback=failure.traceback if failure else None,
+            )
+        )
+        del runs[: -self._attempts_kept]
 
     async def open(self) -> None:
         await trio.lowlevel.checkpoint()
@@ -83,7 +105,7 @@ class MemoryStore:
                 id=new.id,
                 queue=new.queue,
                 job_type=new.job_type,
-                payload=new.payload,
+                payload=decode_payload(new.payload),
                 status=new.status,
                 priority=new.priority,
                 scheduled_at=new.scheduled_at,
@@ -107,7 +129,19 @@ class MemoryStore:
 
     async def get_job(self, job_id: str) -> Job | None:
         await trio.lowlevel.checkpoint()
-        return self.jobs.get(job_id)
+        job = self.jobs.get(job_id)
+        if job is None:
+            return None
+        runs = list(self._history.get(job_id, ()))
+        if job.status is JobStatus.COMPLETED:
+            runs.append(
+                Attempt(job.attempt, job.locked_by, job.locked_at, job.completed_at, "completed")
+            )
+        return attrs.evolve(job, attempts=tuple(runs[-self._attempts_kept :]))
+
+    async def get_jobs(self, ids: Sequence[str]) -> list[Job]:
+        await trio.lowlevel.checkpoint()
+        return [job for job in (self.jobs.get(i) for i in dict.fromkeys(ids)) if job is not None]
 
     async def cancel_job(self, job_id: str, now: datetime) -> CancelResult:
         await trio.lowlevel.checkpoint()
@@ -165,19 +199,26 @@ class MemoryStore:
         ]
 
     async def complete_jobs(
-        self, leases: Sequence[Lease], worker_id: str, now: datetime
+        self,
+        leases: Sequence[Lease],
+        worker_id: str,
+        now: datetime,
+        results: Sequence[str | None] | None = None,
     ) -> list[str]:
         await trio.lowlevel.checkpoint()
-        return [
-            job.id
-            for job in self._change_held(
-                leases,
-                worker_id,
-                lambda job: attrs.evolve(
-                    job, status=JobStatus.COMPLETED, completed_at=now, updated_at=now
-                ),
+        by_id = dict(zip((lease.id for lease in leases), results or (), strict=False))
+
+        def complete(job: Job) -> Job:
+            text = by_id.get(job.id)
+            return attrs.evolve(
+                job,
+                status=JobStatus.COMPLETED,
+                completed_at=now,
+                updated_at=now,
+                result=None if text is None else json.loads(text),
             )
-        ]
+
+        return [job.id for job in self._change_held(leases, worker_id, complete)]
 
     async def fail_jobs(
         self, failures: Sequence[Failure], worker_id: str, now: datetime
@@ -187,6 +228,7 @@ class MemoryStore:
 
         def fail(job: Job) -> Job:
             failure = by_id[job.id]
+            self._record(job, now, failure.outcome, failure)
             if failure.status is JobStatus.DEAD:
                 return attrs.evolve(
                     job, status=JobStatus.DEAD, error_message=failure.error_message, updated_at=now
@@ -208,6 +250,8 @@ class MemoryStore:
     ) -> list[Ready]:
         await trio.lowlevel.checkpoint()
         held = self._change_held(leases, worker_id, lambda job: job)
+        for job in held:
+            self._record(job, now, "requeued", None)
         return [
             self._enqueue(
                 attrs.evolve(job, status=JobStatus.PENDING, scheduled_at=now, updated_at=now)
@@ -349,6 +393,7 @@ class MemoryStore:
         for job_id in old:
             del self.jobs[job_id]
             self._seq.pop(job_id, None)
+            self._history.pop(job_id, None)
         return len(old)
 
     async def pending_among(self, queue: str, ids: Sequence[str]) -> list[Ready]:

@@ -25,8 +25,9 @@ from psycopg.rows import TupleRow
 
 from .._dsn import mask_password, postgres_address
 from .._errors import CommandError, KyuConnectionError, KyuError, SchemaError, ServerError
-from .._job import Job, JobStatus
+from .._job import Attempt, Job, JobStatus
 from .._ports import CancelOutcome, CancelResult, Failure, Lease, NewJob, QueueStats, Ready
+from .._validation import decode_payload
 from . import _queries as q
 
 T = TypeVar("T")
@@ -153,7 +154,10 @@ def _migrations() -> list[tuple[int, str]]:
 SCHEMA_VERSION = max(v for v, _ in _migrations())
 
 
-def _to_job(row: TupleRow) -> Job:
+def _to_job(row: TupleRow, attempts_kept: int | None = None) -> Job:
+    """THE mapper from a row of `q.JOB_COLUMNS` (optionally followed by the attempt
+    history column of `q.GET_JOB`) to a `Job`; ``attempts_kept`` keeps only that many of
+    the most recent attempts."""
     (
         id_,
         queue,
@@ -173,12 +177,18 @@ def _to_job(row: TupleRow) -> Job:
         updated_at,
         attempt,
         heartbeat_at,
-    ) = row
+        result,
+    ) = row[:19]
+    attempts: tuple[Attempt, ...] = ()
+    if len(row) > 19 and row[19]:
+        attempts = tuple(_to_attempt(a) for a in row[19])
+        if attempts_kept is not None:
+            attempts = attempts[-attempts_kept:]
     return Job(
         id=str(id_),
         queue=queue,
         job_type=job_type,
-        payload=payload,
+        payload=decode_payload(payload),
         status=JobStatus(status),
         priority=priority,
         scheduled_at=scheduled_at,
@@ -193,6 +203,38 @@ def _to_job(row: TupleRow) -> Job:
         updated_at=updated_at,
         attempt=attempt,
         heartbeat_at=heartbeat_at,
+        result=result,
+        attempts=attempts,
+    )
+
+
+def _when(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def _to_attempt(data: dict[str, Any]) -> Attempt:
+    """One element of the JSON history of `q.ATTEMPTS_OF_ROW`."""
+    return Attempt(
+        attempt=data["attempt"],
+        worker_id=data["worker_id"],
+        started_at=_when(data["started_at"]),
+        finished_at=_when(data["finished_at"]),
+        outcome=data["outcome"],
+        error=data["error"],
+        traceback=data["traceback"],
+    )
+
+
+def _jsonb_array(texts: Sequence[str | None]) -> str:
+    """JSON texts as one PostgreSQL array literal, for a ``%s::jsonb[]`` parameter (one
+    string: psycopg would adapt a list element by element)."""
+    return (
+        "{"
+        + ",".join(
+            "NULL" if t is None else '"' + t.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            for t in texts
+        )
+        + "}"
     )
 
 
@@ -213,6 +255,40 @@ def _ints(values: Sequence[int]) -> str:
     return "{" + ",".join(str(int(v)) for v in values) + "}"
 
 
+def insert_one_params(job: NewJob, now: datetime) -> dict[str, Any]:
+    """The parameters of `INSERT_ONE` for ``job``: one home for every insert path."""
+    return {
+        "id": job.id,
+        "queue": job.queue,
+        "job_type": job.job_type,
+        "payload": job.payload,
+        "status": job.status.value,
+        "priority": job.priority,
+        "scheduled_at": job.scheduled_at,
+        "max_retries": job.max_retries,
+        "job_timeout": job.job_timeout,
+        "now": now,
+    }
+
+
+def copy_row(job: NewJob, seq: int, now: datetime) -> tuple[Any, ...]:
+    """One row of `COPY_JOBS` for ``job``, with its sequence number drawn first."""
+    return (
+        job.id,
+        job.queue,
+        job.job_type,
+        job.payload,
+        job.status.value,
+        job.priority,
+        seq,
+        job.scheduled_at,
+        job.max_retries,
+        job.job_timeout,
+        now,
+        now,
+    )
+
+
 def _insert_new(
     conn: psycopg.Connection[Any], jobs: Sequence[NewJob], now: datetime
 ) -> list[Ready]:
@@ -221,43 +297,14 @@ def _insert_new(
         return []
     if len(jobs) == 1:
         job = jobs[0]
-        row = conn.execute(
-            q.INSERT_ONE,
-            {
-                "id": job.id,
-                "queue": job.queue,
-                "job_type": job.job_type,
-                "payload": job.payload,
-                "status": job.status.value,
-                "priority": job.priority,
-                "scheduled_at": job.scheduled_at,
-                "max_retries": job.max_retries,
-                "job_timeout": job.job_timeout,
-                "now": now,
-            },
-        ).fetchone()
+        row = conn.execute(q.INSERT_ONE, insert_one_params(job, now)).fetchone()
         assert row is not None
         return [Ready(job.id, job.priority, row[0])] if job.status is JobStatus.PENDING else []
     seqs = sorted(r[0] for r in conn.execute(q.NEXT_SEQS, (len(jobs),)))
     # One statement: COPY writes every row or, on any error, none.
     with conn.cursor().copy(q.COPY_JOBS) as copy:
         for job, seq in zip(jobs, seqs, strict=True):
-            copy.write_row(
-                (
-                    job.id,
-                    job.queue,
-                    job.job_type,
-                    job.payload,
-                    job.status.value,
-                    job.priority,
-                    seq,
-                    job.scheduled_at,
-                    job.max_retries,
-                    job.job_timeout,
-                    now,
-                    now,
-                )
-            )
+            copy.write_row(copy_row(job, seq, now))
     return [
         Ready(job.id, job.priority, seq)
         for job, seq in zip(jobs, seqs, strict=True)
@@ -318,8 +365,15 @@ def migrate(conn: psycopg.Connection[Any], where: str = "the database") -> int:
 class PostgresStore:
     """Job state in PostgreSQL's ``kyu_jobs`` table."""
 
-    def __init__(self, dsn: str, pool_size: int = 10, synchronous_commit: bool = True) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        pool_size: int = 10,
+        synchronous_commit: bool = True,
+        attempts_kept: int = 20,
+    ) -> None:
         self._dsn = dsn
+        self._attempts_kept = attempts_kept
         self._address = postgres_address(dsn)
         self._pool_size = pool_size
         self._synchronous_commit = synchronous_commit
@@ -531,7 +585,17 @@ class PostgresStore:
     async def get_job(self, job_id: str) -> Job | None:
         def get(conn: psycopg.Connection[Any]) -> Job | None:
             row = conn.execute(q.GET_JOB, (job_id,)).fetchone()
-            return _to_job(row) if row else None
+            return _to_job(row, self._attempts_kept) if row else None
+
+        return await self._run(get)
+
+    async def get_jobs(self, ids: Sequence[str]) -> list[Job]:
+        uuids = _uuid_array(ids)
+        if uuids == "{}":
+            return []
+
+        def get(conn: psycopg.Connection[Any]) -> list[Job]:
+            return [_to_job(r) for r in conn.execute(q.GET_JOBS, (uuids,)).fetchall()]
 
         return await self._run(get)
 
@@ -572,7 +636,7 @@ class PostgresStore:
                     id=str(id_),
                     queue=queue,
                     job_type=job_type,
-                    payload=payload,
+                    payload=decode_payload(payload),
                     status=JobStatus.RUNNING,
                     priority=priority,
                     scheduled_at=scheduled_at,
@@ -643,10 +707,19 @@ class PostgresStore:
         return await self._run(find)
 
     async def complete_jobs(
-        self, leases: Sequence[Lease], worker_id: str, now: datetime
+        self,
+        leases: Sequence[Lease],
+        worker_id: str,
+        now: datetime,
+        results: Sequence[str | None] | None = None,
     ) -> list[str]:
+        if not leases:
+            return []
         params = self._lease_params(leases, worker_id, now)
-        return await self._ids(q.COMPLETE_JOBS, params) if leases else []
+        if results is None or all(r is None for r in results):
+            return await self._ids(q.COMPLETE_JOBS, params)
+        params["results"] = _jsonb_array(results)
+        return await self._ids(q.COMPLETE_JOBS_WITH_RESULTS, params)
 
     async def fail_jobs(
         self, failures: Sequence[Failure], worker_id: str, now: datetime
@@ -657,6 +730,9 @@ class PostgresStore:
         params["statuses"] = [f.status.value for f in failures]
         params["due"] = [f.due for f in failures]
         params["messages"] = [f.error_message for f in failures]
+        params["outcomes"] = [f.outcome for f in failures]
+        params["tracebacks"] = [f.traceback for f in failures]
+        params["keep"] = self._attempts_kept
         return await self._ids(q.FAIL_JOBS, params)
 
     async def requeue_jobs(
@@ -664,7 +740,9 @@ class PostgresStore:
     ) -> list[Ready]:
         if not leases:
             return []
-        return await self._ready_rows(q.REQUEUE_JOBS, self._lease_params(leases, worker_id, now))
+        params = self._lease_params(leases, worker_id, now)
+        params["keep"] = self._attempts_kept
+        return await self._ready_rows(q.REQUEUE_JOBS, params)
 
     async def heartbeat(self, leases: Sequence[Lease], worker_id: str, now: datetime) -> int:
         if not leases:

@@ -7,8 +7,21 @@ from __future__ import annotations
 JOB_COLUMNS = (
     "id, queue, job_type, payload, status, priority, scheduled_at, max_retries, retry_count, "
     "error_message, locked_by, locked_at, completed_at, job_timeout, created_at, updated_at, "
-    "attempt, heartbeat_at"
+    "attempt, heartbeat_at, result"
 )
+
+# A job's attempt history as one JSON array, oldest first: the recorded runs, and the
+# completed one read from the row itself (never written to kyu_attempts). Correlated
+# with an outer ``kyu_jobs`` row.
+ATTEMPTS_OF_ROW = """(
+    SELECT json_agg(a ORDER BY a.attempt) FROM (
+        SELECT attempt, worker_id, started_at, finished_at, outcome, error, traceback
+        FROM kyu_attempts WHERE job_id = kyu_jobs.id
+        UNION ALL
+        SELECT attempt, locked_by, locked_at, completed_at, 'completed', NULL, NULL
+        WHERE status = 'completed'
+    ) AS a
+)"""
 
 # What a claim returns: the columns it does not set itself (the store fills in the rest
 # from its own parameters, which saves parsing six values per job on the hot path).
@@ -51,7 +64,12 @@ INSERTED = """
 SELECT id::text, status, seq FROM kyu_jobs WHERE id = ANY(%(ids)s::uuid[])
 """
 
-GET_JOB = f"SELECT {JOB_COLUMNS} FROM kyu_jobs WHERE id = %s"
+# One job with its attempt history (an extra last column that `_to_job` reads).
+GET_JOB = f"SELECT {JOB_COLUMNS}, {ATTEMPTS_OF_ROW} FROM kyu_jobs WHERE id = %s"
+
+# Jobs by id, any queue, without their history: what waiting for results polls. The
+# parameter is a ``{id,id,...}`` array literal (`_uuid_array`).
+GET_JOBS = f"SELECT {JOB_COLUMNS} FROM kyu_jobs WHERE id = ANY(%s::uuid[])"
 
 CANCEL_JOB = """
 WITH cancelled AS (
@@ -92,6 +110,7 @@ WHERE id = ANY(%(ids)s::uuid[])
   AND (queue = %(queue)s AND status = 'running' AND locked_by = %(worker)s) IS TRUE
 """
 
+# The hot path: used whenever every handler of the batch returned None.
 COMPLETE_JOBS = """
 UPDATE kyu_jobs AS j
 SET status = 'completed', completed_at = %(now)s, updated_at = %(now)s
@@ -101,28 +120,64 @@ WHERE j.id = t.id AND j.attempt = t.attempt AND (j.status = 'running') IS TRUE
 RETURNING j.id::text
 """
 
-FAIL_JOBS = """
+# The same with results: ``results`` is a jsonb[] array literal, NULL where None.
+COMPLETE_JOBS_WITH_RESULTS = """
 UPDATE kyu_jobs AS j
-SET status = t.status,
-    scheduled_at = coalesce(t.due, j.scheduled_at),
-    retry_count = j.retry_count + CASE WHEN t.status = 'failed' THEN 1 ELSE 0 END,
-    error_message = t.message,
-    updated_at = %(now)s
-FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(statuses)s::text[],
-            %(due)s::timestamptz[], %(messages)s::text[]) AS t(id, attempt, status, due, message)
+SET status = 'completed', completed_at = %(now)s, updated_at = %(now)s, result = t.result
+FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(results)s::jsonb[]) AS t(id, attempt, result)
 WHERE j.id = t.id AND j.attempt = t.attempt AND (j.status = 'running') IS TRUE
   AND j.locked_by = %(worker)s
 RETURNING j.id::text
 """
 
-REQUEUE_JOBS = """
-UPDATE kyu_jobs AS j
-SET status = 'pending', scheduled_at = %(now)s, seq = nextval('kyu_jobs_seq'),
-    updated_at = %(now)s
-FROM unnest(%(ids)s::uuid[], %(attempts)s::int[]) AS t(id, attempt)
-WHERE j.id = t.id AND j.attempt = t.attempt AND (j.status = 'running') IS TRUE
-  AND j.locked_by = %(worker)s
-RETURNING j.id::text, j.priority, j.seq
+# Writes a run into the history of the jobs a CTE named ``ended`` returns (id, attempt,
+# locked_by, locked_at, outcome, message, traceback), and drops runs older than the last
+# ``keep``, in the statement that ended the run: one round trip, and no history without
+# its transition. A conflict cannot happen (each attempt ends once, fenced by its lease);
+# DO NOTHING keeps a surprise from failing the transition itself.
+_RECORD_ATTEMPTS = """
+recorded AS (
+    INSERT INTO kyu_attempts
+        (job_id, attempt, worker_id, started_at, finished_at, outcome, error, traceback)
+    SELECT id, attempt, locked_by, locked_at, %(now)s, outcome, message, traceback FROM ended
+    ON CONFLICT (job_id, attempt) DO NOTHING
+),
+trimmed AS (
+    DELETE FROM kyu_attempts AS a USING ended AS e
+    WHERE a.job_id = e.id AND a.attempt <= e.attempt - %(keep)s
+)"""
+
+FAIL_JOBS = f"""
+WITH ended AS (
+    UPDATE kyu_jobs AS j
+    SET status = t.status,
+        scheduled_at = coalesce(t.due, j.scheduled_at),
+        retry_count = j.retry_count + CASE WHEN t.status = 'failed' THEN 1 ELSE 0 END,
+        error_message = t.message,
+        updated_at = %(now)s
+    FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(statuses)s::text[],
+                %(due)s::timestamptz[], %(messages)s::text[], %(outcomes)s::text[],
+                %(tracebacks)s::text[])
+         AS t(id, attempt, status, due, message, outcome, traceback)
+    WHERE j.id = t.id AND j.attempt = t.attempt AND (j.status = 'running') IS TRUE
+      AND j.locked_by = %(worker)s
+    RETURNING j.id, j.attempt, j.locked_by, j.locked_at, t.outcome, t.message, t.traceback
+), {_RECORD_ATTEMPTS}
+SELECT id::text FROM ended
+"""
+
+REQUEUE_JOBS = f"""
+WITH ended AS (
+    UPDATE kyu_jobs AS j
+    SET status = 'pending', scheduled_at = %(now)s, seq = nextval('kyu_jobs_seq'),
+        updated_at = %(now)s
+    FROM unnest(%(ids)s::uuid[], %(attempts)s::int[]) AS t(id, attempt)
+    WHERE j.id = t.id AND j.attempt = t.attempt AND (j.status = 'running') IS TRUE
+      AND j.locked_by = %(worker)s
+    RETURNING j.id, j.attempt, j.locked_by, j.locked_at, j.priority, j.seq,
+              'requeued'::text AS outcome, NULL::text AS message, NULL::text AS traceback
+), {_RECORD_ATTEMPTS}
+SELECT id::text, priority, seq FROM ended
 """
 
 # SKIP LOCKED: a heartbeat never waits for a row another statement is writing (that row is

@@ -69,3 +69,24 @@ async def test_restore_puts_ids_back_in_place(broker: Any, queue_name: str) -> N
     assert list(popped) == ["a", "b"]
     await broker.restore(queue_name, popped)
     assert list(await broker.pop(queue_name, 3)) == ["a", "b", "c"]
+
+
+async def test_a_published_finished_id_wakes_its_waiter_and_marks_the_queue_waited_on(
+    broker: Any, queue_name: str
+) -> None:
+    got: list[bool] = []
+
+    async def wait() -> None:
+        got.append(await broker.wait_finished(queue_name, ["a"], 5.0))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wait)
+        await trio.sleep(0.3)  # subscribed by now
+        await broker.publish_finished(queue_name, ["b"])  # not the one it waits for
+        await trio.sleep(0.1)
+        assert got == []
+        await broker.publish_finished(queue_name, ["c", "a"])
+    assert got == [True]
+    assert await broker.has_waiters(queue_name)  # the waiter's mark (a short TTL) is set
+    with trio.move_on_after(2):
+        assert not await broker.wait_finished(queue_name, ["a"], 0.1)  # times out: False

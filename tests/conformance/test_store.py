@@ -10,16 +10,19 @@ import attrs
 
 from kyu_trio import JobStatus
 from kyu_trio._ports import CancelOutcome, Failure, Lease, NewJob
+from kyu_trio._validation import encode_payload, encode_result
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
 
-def new(queue: str, *, due: datetime = T0, priority: int = 0, retries: int = 3) -> NewJob:
+def new(
+    queue: str, *, due: datetime = T0, priority: int = 0, retries: int = 3, payload: str = '"p"'
+) -> NewJob:
     return NewJob(
         id=str(uuid.uuid4()),
         queue=queue,
         job_type="t",
-        payload="p",
+        payload=payload,
         priority=priority,
         max_retries=retries,
         scheduled_at=due,
@@ -246,3 +249,132 @@ async def test_insert_again_keeps_what_the_lost_attempt_wrote(store: Any, queue_
     assert await store.insert_jobs(one, T0, again=True) == []
     stats = await store.queue_stats(queue_name, T0)
     assert sum(stats.counts.values()) == 6
+
+
+JSON_VALUES: list[Any] = [
+    None,
+    True,
+    0,
+    -(2**62),
+    2.5,
+    "",
+    "text with \x00, \n and ü",
+    '{"looks": "like json"}',
+    [1, "a", None, [[]]],
+    {"nested": {"list": [1, {"x": False}]}, "empty": {}},
+]
+
+
+async def test_payloads_are_json_values_that_come_back_decoded(store: Any, queue_name: str) -> None:
+    jobs = [new(queue_name, payload=encode_payload(v, 10_000)) for v in JSON_VALUES]
+    await store.insert_jobs(jobs[:1], T0)  # one row: INSERT; more: COPY
+    await store.insert_jobs(jobs[1:], T0)
+    for job, value in zip(jobs, JSON_VALUES, strict=True):
+        got = await store.get_job(job.id)
+        assert got.payload == value
+        assert type(got.payload) is type(value)
+    claimed = await store.claim_jobs(queue_name, [j.id for j in jobs], "w", T0)
+    assert [j.payload for j in claimed] == JSON_VALUES
+
+
+async def test_results_are_stored_with_the_completion(store: Any, queue_name: str) -> None:
+    values = [v for v in JSON_VALUES if "\x00" not in str(v)] + [{"b": 1, "a": [2.5, "é"]}]
+    jobs = [new(queue_name) for _ in values]
+    await store.insert_jobs(jobs, T0)
+    await store.claim_jobs(queue_name, [j.id for j in jobs], "w", T0)
+    leases = [Lease(j.id, 1) for j in jobs]
+    results = [None if v is None else encode_result(v, 10_000) for v in values]
+    assert sorted(await store.complete_jobs(leases, "w", T0, results)) == sorted(j.id for j in jobs)
+    for job, value in zip(jobs, values, strict=True):
+        assert (await store.get_job(job.id)).result == value
+    # Without results (the hot path), and through get_jobs: any queue, unknown ids skipped.
+    plain = new(queue_name)
+    await store.insert_jobs([plain], T0)
+    await store.claim_jobs(queue_name, [plain.id], "w", T0)
+    assert await store.complete_jobs([Lease(plain.id, 1)], "w", T0) == [plain.id]
+    unknown = str(uuid.uuid4())
+    found = await store.get_jobs([jobs[-1].id, unknown, plain.id, "not-a-uuid"])
+    by_id = {j.id: j for j in found}
+    assert set(by_id) == {jobs[-1].id, plain.id}
+    assert by_id[jobs[-1].id].result == values[-1]
+    assert by_id[plain.id].result is None
+    assert by_id[plain.id].status is JobStatus.COMPLETED
+    assert await store.get_jobs([]) == []
+
+
+async def test_attempts_record_failures_and_derive_the_completion(
+    store: Any, queue_name: str
+) -> None:
+    job = new(queue_name)
+    await store.insert_jobs([job], T0)
+    times = [T0 + timedelta(seconds=10 * i) for i in range(6)]
+    for n, worker in ((1, "w1"), (2, "w2")):
+        claim_at, fail_at = times[2 * n - 2], times[2 * n - 1]
+        await store.claim_jobs(queue_name, [job.id], worker, claim_at)
+        failure = Failure(
+            Lease(job.id, n), JobStatus.FAILED, f"ValueError: {n}", fail_at, traceback=f"tb {n}"
+        )
+        assert await store.fail_jobs([failure], worker, fail_at) == [job.id]
+        await store.promote_due(queue_name, fail_at, 10)
+    await store.claim_jobs(queue_name, [job.id], "w3", times[4])
+    assert await store.complete_jobs([Lease(job.id, 3)], "w3", times[5]) == [job.id]
+    got = await store.get_job(job.id)
+    assert [
+        (a.attempt, a.worker_id, a.started_at, a.finished_at, a.outcome, a.error, a.traceback)
+        for a in got.attempts
+    ] == [
+        (1, "w1", times[0], times[1], "failed", "ValueError: 1", "tb 1"),
+        (2, "w2", times[2], times[3], "failed", "ValueError: 2", "tb 2"),
+        (3, "w3", times[4], times[5], "completed", None, None),
+    ]
+    # Listings leave the history out.
+    listed = await store.list_jobs(queue_name, None, None, 10)
+    assert [j.attempts for j in listed] == [()]
+
+
+async def test_attempts_record_requeues_rescues_and_dead_ends(store: Any, queue_name: str) -> None:
+    job = new(queue_name, retries=1)
+    await store.insert_jobs([job], T0)
+    await store.claim_jobs(queue_name, [job.id], "w1", T0)
+    await store.requeue_jobs([Lease(job.id, 1)], "w1", T0)
+    await store.claim_jobs(queue_name, [job.id], "w2", T0)
+    lost = Failure(Lease(job.id, 2), JobStatus.FAILED, "worker lost", T0, outcome="lost")
+    await store.fail_jobs([lost], "w2", T0)
+    await store.promote_due(queue_name, T0, 10)
+    await store.claim_jobs(queue_name, [job.id], "w3", T0)
+    dead = Failure(Lease(job.id, 3), JobStatus.DEAD, "TimeoutError: t", outcome="timed_out")
+    await store.fail_jobs([dead], "w3", T0)
+    got = await store.get_job(job.id)
+    assert [(a.attempt, a.outcome, a.error) for a in got.attempts] == [
+        (1, "requeued", None),
+        (2, "lost", "worker lost"),
+        (3, "timed_out", "TimeoutError: t"),
+    ]
+    assert got.status is JobStatus.DEAD
+    # A failure's outcome follows its status unless said otherwise.
+    assert Failure(Lease(job.id, 1), JobStatus.DEAD, "x").outcome == "dead"
+    assert Failure(Lease(job.id, 1), JobStatus.FAILED, "x", T0).outcome == "failed"
+    # Purging the job purges its history with it.
+    assert await store.purge(queue_name, [JobStatus.DEAD], T0 + timedelta(days=1), 10) == 1
+    assert await store.get_job(job.id) is None
+
+
+async def test_only_the_last_attempts_are_kept(store: Any, queue_name: str) -> None:
+    store._attempts_kept = 3
+    job = new(queue_name, retries=100)
+    await store.insert_jobs([job], T0)
+    for n in range(1, 6):
+        await store.claim_jobs(queue_name, [job.id], "w", T0)
+        failure = Failure(Lease(job.id, n), JobStatus.FAILED, f"E: {n}", T0)
+        await store.fail_jobs([failure], "w", T0)
+        await store.promote_due(queue_name, T0, 10)
+    got = await store.get_job(job.id)
+    assert [a.attempt for a in got.attempts] == [3, 4, 5]
+    await store.claim_jobs(queue_name, [job.id], "w", T0)
+    await store.complete_jobs([Lease(job.id, 6)], "w", T0)
+    got = await store.get_job(job.id)
+    assert [(a.attempt, a.outcome) for a in got.attempts] == [
+        (4, "failed"),
+        (5, "failed"),
+        (6, "completed"),
+    ]

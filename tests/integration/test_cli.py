@@ -19,13 +19,15 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 import redis
+import trio
 from click.testing import CliRunner, Result
 
-from kyu_trio import _dev
+from kyu_trio import Config, JobStatus, Queue, _dev
 from kyu_trio._cli import cli, parse_duration
 from tests.conftest import PG_ADMIN, _dsn_for, free_port
 
@@ -132,7 +134,7 @@ def test_enqueue_inspect_and_jobs(kyu: Invoke, queue_name: str) -> None:
     assert data["id"] == job_id and data["queue"] == queue_name
     assert (data["job_type"], data["payload"], data["status"]) == (
         "send",
-        '{"to": "a@b.c"}',
+        {"to": "a@b.c"},
         "pending",
     )
     assert (data["priority"], data["max_retries"], data["job_timeout"]) == (5, 2, 7.5)
@@ -188,7 +190,7 @@ def test_enqueue_errors(kyu: Invoke) -> None:
     fails(kyu("enqueue", "t", "p", "--at", "tomorrow"), 2, "not an ISO 8601")
     fails(kyu("enqueue", "t", "p", "--priority", "99999"), 2, "--priority", "-32768<=x<=32767")
     fails(kyu("enqueue", "t", "p", "--timeout", "0"), 2, "--timeout")
-    fails(kyu("enqueue", "t"), 2, "Missing argument 'PAYLOAD'")
+    fails(kyu("enqueue", "t", "--raw"), 2, "--raw needs a PAYLOAD")
     fails(kyu("enqueue", "t\nforged log line", "p"), 1, "control characters", "\\n")
 
 
@@ -236,6 +238,65 @@ def test_the_bounds_themselves_are_accepted(kyu: Invoke) -> None:
     ok(kyu("enqueue", "t", "p", "--timeout", "31622400", "--max-retries", "2147483647"))
     ok(kyu("purge", "--completed-older-than", "36525d"))
     assert len(json.loads(ok(kyu("jobs", "--json", "--limit", "1000000")))) == 3
+
+
+def test_payloads_are_json_unless_raw_and_inspect_shows_results_and_attempts(
+    kyu: Invoke, make_config: Callable[..., Config]
+) -> None:
+    cases = {
+        "42": 42,
+        "--raw 42": "42",
+        '["a", {"b": null}]': ["a", {"b": None}],
+        "grace@example.com": "grace@example.com",
+        '"quoted"': "quoted",
+        "NaN": "NaN",  # not JSON: the text as typed
+        "": None,
+    }
+    ids = {}
+    for given, _ in cases.items():
+        args = given.split(" ", 1) if given.startswith("--raw") else ([given] if given else [])
+        ids[given] = ok(kyu("enqueue", "echo", *args)).strip()
+    for given, expected in cases.items():
+        data = json.loads(ok(kyu("inspect", ids[given], "--json")))
+        assert data["payload"] == expected, given
+        assert data["attempts"] == [] and data["result"] is None
+
+    queue = Queue(make_config(max_backoff=0.01))
+    state = {"calls": 0}
+
+    @queue.handler("echo")
+    async def echo(payload: Any) -> Any:
+        state["calls"] += 1
+        if state["calls"] == 1:
+            raise ValueError("first call fails")
+        return {"echo": payload}
+
+    async def work() -> None:
+        async with queue:
+            for _ in range(50):
+                await queue.run_once()
+                if (await queue.stats()).counts[JobStatus.COMPLETED] == len(cases):
+                    return
+                await trio.sleep(0.05)
+
+    trio.run(work)
+    failed_first = next(
+        job_id
+        for job_id in ids.values()
+        if len(json.loads(ok(kyu("inspect", job_id, "--json")))["attempts"]) == 2
+    )
+    data = json.loads(ok(kyu("inspect", failed_first, "--json")))
+    assert [a["outcome"] for a in data["attempts"]] == ["failed", "completed"]
+    assert data["attempts"][0]["error"] == "ValueError: first call fails"
+    assert "in echo" in data["attempts"][0]["traceback"]
+    assert datetime.fromisoformat(data["attempts"][1]["finished_at"]).tzinfo is not None
+    assert data["result"] == {"echo": data["payload"]}
+    text = ok(kyu("inspect", failed_first))
+    assert re.search(r"^result\s+\{\"echo\": ", text, re.M)
+    assert re.search(r"^1\s+failed\s+\S+\s+\S+\s+\S+\s+ValueError: first call fails$", text, re.M)
+    assert re.search(r"^2\s+completed\s", text, re.M)
+    assert "traceback of attempt 1:" in text
+    assert re.search(r"^    \| ValueError: first call fails$", text, re.M)
 
 
 def test_a_payload_on_stdin_must_be_utf8(kyu: Invoke, env: dict[str, str]) -> None:

@@ -225,7 +225,17 @@ async def test_maintenance_queries_use_their_index(
 
 
 @pytest.mark.parametrize(
-    "name", ["complete", "fail", "requeue", "heartbeat", "retry", "pending_among", "claim"]
+    "name",
+    [
+        "complete",
+        "complete_with_results",
+        "fail",
+        "requeue",
+        "heartbeat",
+        "retry",
+        "pending_among",
+        "claim",
+    ],
 )
 async def test_writes_by_id_fetch_rows_by_primary_key_only(
     real_queue: Queue, pg_dsn: str, name: str
@@ -242,6 +252,10 @@ async def test_writes_by_id_fetch_rows_by_primary_key_only(
     lease = {"ids": ids, "attempts": attempts, "worker": "w", "now": now}
     statements: dict[str, tuple[str, Any]] = {
         "complete": (q.COMPLETE_JOBS, lease),
+        "complete_with_results": (
+            q.COMPLETE_JOBS_WITH_RESULTS,
+            {**lease, "results": "{" + ",".join(['"[1]"'] * len(ids)) + "}"},
+        ),
         "fail": (
             q.FAIL_JOBS,
             {
@@ -249,9 +263,12 @@ async def test_writes_by_id_fetch_rows_by_primary_key_only(
                 "statuses": ["failed"] * len(ids),
                 "due": [now] * len(ids),
                 "messages": ["x"] * len(ids),
+                "outcomes": ["failed"] * len(ids),
+                "tracebacks": ["tb"] * len(ids),
+                "keep": 20,
             },
         ),
-        "requeue": (q.REQUEUE_JOBS, lease),
+        "requeue": (q.REQUEUE_JOBS, {**lease, "keep": 20}),
         "heartbeat": (q.HEARTBEAT, lease),
         "retry": (q.RETRY_JOBS, {"ids": ids, "now": now}),
         "pending_among": (q.PENDING_AMONG, {"ids": ids, "queue": "q"}),

@@ -11,8 +11,11 @@ import kyu_trio
 
 def test_all_is_pinned() -> None:
     assert kyu_trio.__all__ == [
+        "AsyncioClient",
+        "Attempt",
         "Broker",
         "CallNext",
+        "Client",
         "Clock",
         "CommandError",
         "Config",
@@ -22,6 +25,7 @@ def test_all_is_pinned() -> None:
         "Handler",
         "InvalidJobError",
         "Job",
+        "JobFailed",
         "JobNotFound",
         "JobStatus",
         "KyuConnectionError",

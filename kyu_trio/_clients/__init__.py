@@ -1,0 +1,1 @@
+"""The clients for programs that are not trio: `Client` (threads) and `AsyncioClient`."""

@@ -1,0 +1,526 @@
+"""`AsyncioClient`: kyu-trio for asyncio programs (FastAPI, Starlette, aiohttp), on the
+default loop or uvloop, with no trio.
+
+Its I/O is asyncio's own (psycopg's `AsyncConnectionPool`, `redis.asyncio`), so no call
+blocks the event loop; the one blocking step, the schema check at `open()`, runs in a
+thread. Waiting for results runs in one task of the client's own, started by the first
+`result()` call (see `kyu_trio._waiters`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import psycopg
+import psycopg_pool
+import redis.asyncio
+import redis.exceptions
+
+from .._broker._redis import ready_scores, redis_error
+from .._config import Config
+from .._dsn import redis_address
+from .._errors import JobNotFound, KyuConnectionError, KyuError, NotConnectedError
+from .._job import EnqueueRequest, Job
+from .._ports import NewJob, Ready
+from .._stats import Stats
+from .._store import _queries as q
+from .._store._postgres import (
+    CONNECT_TIMEOUT,
+    PostgresStore,
+    _tcp_settings,
+    copy_row,
+    insert_one_params,
+    migrate,
+)
+from .._validation import parse_job_id
+from .._waiters import (
+    POLL_INTERVAL,
+    TICK,
+    WAITING_CHECK_INTERVAL,
+    WAITING_REFRESH,
+    WAITING_TTL,
+    Waiter,
+    WaitHub,
+    finished_channel,
+    parse_finished,
+    waiting_key,
+)
+from . import _core
+from ._core import Statement
+from ._sync import POOL_TIMEOUT, REDIS_SOCKET_TIMEOUT, _insert_error
+
+T = TypeVar("T")
+
+
+class AsyncioClient:
+    """An asyncio client: the methods of `Client`, as coroutines.
+
+    It connects on first use (or on entering ``async with``); share one per event loop
+    (e.g. one per FastAPI app, opened in its lifespan). It must be used from the loop
+    that opened it.
+
+    Example::
+
+        async with AsyncioClient(Config.from_env()) as client:
+            job_id = await client.enqueue("send_email", {"to": "a@b.c"})
+            print(await client.result(job_id, timeout=10))
+    """
+
+    def __init__(self, config: Config | None = None) -> None:
+        self._config = config if config is not None else Config()
+        self._log = self._config.logger
+        self._pool: psycopg_pool.AsyncConnectionPool[Any] | None = None
+        self._redis: redis.asyncio.Redis | None = None
+        self._opening: asyncio.Lock | None = None
+        self._pg = PostgresStore(self._config.dsn)  # only for its mapping of errors
+        self._redis_address = redis_address(self._config.redis_url)
+        self._waiting: _Waiting | None = None
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    def __repr__(self) -> str:
+        return f"<AsyncioClient {self._config.queue_name!r}>"
+
+    # ---- connection ------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect to PostgreSQL (applying migrations) and Redis. Called by the first
+        method that needs it; safe to call again.
+
+        Example::
+
+            client = AsyncioClient(config)
+            await client.open()
+        """
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if self._pool is not None:
+                return
+            # The schema check is psycopg's blocking API: in a thread, off the loop.
+            await asyncio.to_thread(self._migrate)
+            kwargs: dict[str, Any] = {
+                "autocommit": True,
+                "connect_timeout": CONNECT_TIMEOUT,
+                **_tcp_settings(self._config.dsn),
+            }
+            if not self._config.synchronous_commit:
+                kwargs["options"] = "-c synchronous_commit=off"
+            pool: psycopg_pool.AsyncConnectionPool[Any] = psycopg_pool.AsyncConnectionPool(
+                self._config.dsn,
+                min_size=1,
+                max_size=self._config.pool_size,
+                open=False,
+                kwargs=kwargs,
+                timeout=POOL_TIMEOUT,
+                name="kyu_trio.asyncio_client",
+            )
+            try:
+                await pool.open(wait=True, timeout=CONNECT_TIMEOUT * 2)
+                self._redis = await self._open_redis()
+            except BaseException as exc:
+                await pool.close()
+                if isinstance(exc, psycopg.Error):
+                    raise self._pg._connection_error(exc) from None
+                raise
+            self._pool = pool
+
+    def _migrate(self) -> None:
+        settings = _tcp_settings(self._config.dsn)
+        try:
+            with psycopg.connect(
+                self._config.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT, **settings
+            ) as conn:
+                migrate(conn, f"PostgreSQL at {self._pg._address}")
+        except psycopg.Error as exc:
+            raise self._pg._connection_error(exc) from None
+
+    async def _open_redis(self) -> redis.asyncio.Redis:
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            self._config.redis_url,
+            max_connections=self._config.pool_size,
+            timeout=POOL_TIMEOUT,
+            socket_connect_timeout=CONNECT_TIMEOUT,
+            socket_timeout=REDIS_SOCKET_TIMEOUT,
+            health_check_interval=30,
+        )
+        client = redis.asyncio.Redis(connection_pool=pool)
+        try:
+            await client.ping()
+        except redis.exceptions.RedisError as exc:
+            await client.aclose()
+            error = redis_error(self._redis_address, exc)
+            if not isinstance(error, KyuConnectionError):
+                error = KyuConnectionError(f"Redis at {self._redis_address} refused us: {error}")
+            raise error from None
+        return client
+
+    async def aclose(self) -> None:
+        """Close the connections and stop waiting (pending `result()` calls raise
+        `NotConnectedError`). The client may be opened again.
+
+        Example::
+
+            await client.aclose()
+        """
+        waiting, self._waiting = self._waiting, None
+        pool, self._pool = self._pool, None
+        client, self._redis = self._redis, None
+        if waiting is not None:
+            await waiting.stop()
+        if client is not None:
+            await client.aclose()
+        if pool is not None:
+            await pool.close()
+
+    async def close(self) -> None:
+        """`aclose`, under the name `Client` uses."""
+        await self.aclose()
+
+    async def __aenter__(self) -> AsyncioClient:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def _connections(
+        self,
+    ) -> tuple[psycopg_pool.AsyncConnectionPool[Any], redis.asyncio.Redis]:
+        if self._pool is None or self._redis is None:
+            await self.open()
+        pool, client = self._pool, self._redis
+        if pool is None or client is None:
+            raise NotConnectedError("the client was closed")
+        return pool, client
+
+    async def _run(self, statement: Statement[T]) -> T:
+        pool, _ = await self._connections()
+        try:
+            async with pool.connection() as conn:
+                cursor = await conn.execute(statement.sql, statement.params)
+                rows = await cursor.fetchall()
+        except psycopg.Error as exc:
+            raise self._pg._error(exc) from None
+        return statement.parse(rows)
+
+    # ---- producing -------------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        job_type: str,
+        payload: Any = None,
+        *,
+        priority: int = 0,
+        max_retries: int = 3,
+        scheduled_at: datetime | None = None,
+        job_timeout: float | None = None,
+    ) -> str:
+        """Add a job and return its id; it is durable in PostgreSQL when this returns.
+        The arguments are those of `Queue.enqueue`.
+
+        Example::
+
+            job_id = await client.enqueue("send_email", {"to": "a@b.c"}, priority=5)
+        """
+        request = EnqueueRequest(
+            job_type,
+            payload,
+            priority=priority,
+            max_retries=max_retries,
+            scheduled_at=scheduled_at,
+            job_timeout=job_timeout,
+        )
+        return (await self.enqueue_many([request]))[0]
+
+    async def enqueue_many(self, jobs: Iterable[EnqueueRequest | tuple[str, Any]]) -> list[str]:
+        """Add many jobs in one statement and one Redis push; return their ids in order.
+        One invalid item rejects the call and nothing is written.
+
+        Example::
+
+            ids = await client.enqueue_many([("resize", "a.png"), ("resize", "b.png")])
+        """
+        now = datetime.now(UTC)
+        rows = _core.new_jobs(jobs, self._config, now)
+        if not rows:
+            return []
+        pool, client = await self._connections()
+        ids = [row.id for row in rows]
+        try:
+            async with pool.connection() as conn:
+                try:
+                    ready = await _insert(conn, rows, now)
+                except psycopg.Error as exc:
+                    raise _insert_error(self._pg._error(exc), ids) from None
+        except psycopg.Error as exc:  # no connection: nothing was sent
+            raise self._pg._error(exc) from None
+        if ready:
+            try:
+                await client.zadd(self._config.queue_name, ready_scores(ready))
+            except redis.exceptions.RedisError as exc:
+                # Committed rows run anyway (the workers' sweep pushes them); raising
+                # would invite a duplicate enqueue.
+                self._log.warning(
+                    "could not push %d jobs to Redis (%s); the resync sweep will",
+                    len(ready),
+                    redis_error(self._redis_address, exc),
+                )
+        return ids
+
+    # ---- looking and fixing ------------------------------------------------------------
+
+    async def inspect(self, job_id: str) -> Job:
+        """The job with this id, of any queue, with its attempt history. Raises
+        `JobNotFound`.
+
+        Example::
+
+            job = await client.inspect(job_id)
+        """
+        job = await self._run(_core.get_job(job_id, self._config.max_attempts_kept))
+        if job is None:
+            raise JobNotFound(f"no job with id {job_id}")
+        return job
+
+    async def cancel_job(self, job_id: str) -> bool:
+        """Cancel a job that has not started: True if cancelled, False if it is running or
+        finished. Raises `JobNotFound`.
+
+        Example::
+
+            cancelled = await client.cancel_job(job_id)
+        """
+        statement = _core.cancel_job(job_id, datetime.now(UTC))
+        result = await self._run(statement)
+        if not _core.cancelled(job_id, result):
+            return False
+        _, client = await self._connections()
+        key, queue = statement.params["id"], result.queue
+        assert queue is not None  # a cancelled job's queue
+        try:
+            # Tidy the broker (a claim refuses the cancelled job anyway) and wake any
+            # result() waiting for it.
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.zrem(queue, key)
+                pipe.publish(finished_channel(queue), key)
+                await pipe.execute()
+        except redis.exceptions.RedisError as exc:
+            self._log.debug("job %s cancelled; Redis not told (%s)", key, exc)
+        return True
+
+    async def retry_job(self, job_id: str) -> bool:
+        """Give a dead or failed job a fresh start: True if retried, False if it is in
+        another state. Raises `JobNotFound`.
+
+        Example::
+
+            for job in await client.dead_jobs():
+                await client.retry_job(job.id)
+        """
+        retried = await self._run(_core.retry_job(job_id, datetime.now(UTC)))
+        if not retried:
+            await self.inspect(job_id)  # raises JobNotFound when there is no such job
+            return False
+        _, client = await self._connections()
+        for ready, queue in retried:
+            try:
+                await client.zadd(queue, ready_scores([ready]))
+            except redis.exceptions.RedisError as exc:
+                self._log.warning("could not push 1 job to Redis (%s); the sweep will", exc)
+        return True
+
+    async def dead_jobs(self, limit: int = 100) -> list[Job]:
+        """This queue's dead jobs, newest first; ``limit`` 1 to 1,000,000.
+
+        Example::
+
+            dead = await client.dead_jobs(limit=10)
+        """
+        return await self._run(_core.dead_jobs(self._config.queue_name, limit))
+
+    async def stats(self) -> Stats:
+        """Counts by status, Redis depth, lag and throughput of the last minute.
+
+        Example::
+
+            stats = await client.stats()
+        """
+        now = datetime.now(UTC)
+        queue = self._config.queue_name
+        counts, oldest, done = _core.stats_statements(queue, now)
+        _, client = await self._connections()
+        try:
+            depth = int(await client.zcard(queue))
+        except redis.exceptions.RedisError as exc:
+            raise redis_error(self._redis_address, exc) from None
+        return _core.make_stats(
+            queue, await self._run(counts), await self._run(oldest), await self._run(done),
+            depth, now,
+        )  # fmt: skip
+
+    # ---- results ---------------------------------------------------------------------
+
+    # The issue pins ``timeout=`` (as Client has it), where asyncio style is a timeout
+    # around the call: both work.
+    async def result(self, job_id: str, *, timeout: float | None = None) -> Any:  # noqa: ASYNC109
+        """Wait until the job has finished and return its handler's return value.
+
+        Raises `JobFailed` (with ``.job``) if it ended dead or cancelled, `JobNotFound`
+        for an unknown id, and `TimeoutError` if ``timeout`` seconds pass first (the job
+        runs on). Cancelling the call only stops the wait.
+
+        Example::
+
+            value = await client.result(job_id, timeout=10)
+        """
+        key = parse_job_id(job_id)
+        await self._connections()
+        if self._waiting is None:
+            self._waiting = _Waiting(self)
+        return _core.result_of(await self._waiting.wait(key, timeout))
+
+    async def _lookup(self, ids: list[str]) -> list[Job]:
+        return await self._run(_core.get_jobs(ids))
+
+
+async def _insert(
+    conn: psycopg.AsyncConnection[Any], jobs: list[NewJob], now: datetime
+) -> list[Ready]:
+    """What `_insert_new` does, through an asyncio connection: one INSERT for one job,
+    sequence numbers then one COPY for many."""
+    if len(jobs) == 1:
+        cursor = await conn.execute(q.INSERT_ONE, insert_one_params(jobs[0], now))
+        row = await cursor.fetchone()
+        assert row is not None
+        return _core.pending(jobs, [row[0]])
+    cursor = await conn.execute(q.NEXT_SEQS, (len(jobs),))
+    seqs = sorted(r[0] for r in await cursor.fetchall())
+    async with conn.cursor().copy(q.COPY_JOBS) as copy:
+        for job, seq in zip(jobs, seqs, strict=True):
+            await copy.write_row(copy_row(job, seq, now))
+    return _core.pending(jobs, seqs)
+
+
+class _Waiting:
+    """The waiting loop of one `AsyncioClient`, as one task (see `kyu_trio._waiters`)."""
+
+    def __init__(self, client: AsyncioClient) -> None:
+        self._client = client
+        self.hub = WaitHub()
+        self._work = asyncio.Event()
+        self._redis = redis.asyncio.Redis.from_url(
+            client.config.redis_url,
+            socket_connect_timeout=CONNECT_TIMEOUT,
+            socket_timeout=REDIS_SOCKET_TIMEOUT,
+        )
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="kyu-trio-results")
+
+    async def stop(self) -> None:
+        for waiter in self.hub.fail(self.hub.waited(), NotConnectedError("the client was closed")):
+            waiter.wake()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        await self._redis.aclose()
+
+    async def wait(self, job_id: str, limit: float | None) -> Job:
+        done = asyncio.Event()
+        waiter = Waiter(job_id, wake=done.set)
+        self.hub.add(waiter)
+        self._work.set()
+        try:
+            async with asyncio.timeout(limit):
+                await done.wait()
+        except TimeoutError:
+            raise TimeoutError(f"job {job_id} did not finish within {limit}s") from None
+        finally:
+            if not done.is_set():
+                self.hub.discard(waiter)
+        if waiter.error is not None:
+            raise waiter.error
+        assert waiter.job is not None
+        return waiter.job
+
+    async def _loop(self) -> None:
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        subscribed: set[str] = set()
+        refreshed_at = 0.0
+        next_poll = time.monotonic() + POLL_INTERVAL
+        try:
+            while True:
+                if not self.hub:
+                    self._work.clear()
+                    await self._work.wait()
+                    next_poll = time.monotonic() + POLL_INTERVAL
+                    continue
+                queues = self.hub.queues()
+                now = time.monotonic()
+                ids: list[str] = []
+                try:
+                    new = queues - subscribed
+                    if new:
+                        await pubsub.subscribe(*(finished_channel(q) for q in new))
+                        subscribed |= new
+                        # A worker may have looked for the key just before we set it:
+                        # look again once its answer has expired.
+                        next_poll = min(next_poll, now + WAITING_CHECK_INTERVAL + 0.1)
+                    gone = subscribed - queues
+                    if gone:
+                        await pubsub.unsubscribe(*(finished_channel(q) for q in gone))
+                        subscribed -= gone
+                    if new or now - refreshed_at > WAITING_REFRESH:
+                        async with self._redis.pipeline(transaction=False) as pipe:
+                            for queue in queues:
+                                pipe.set(waiting_key(queue), "1", ex=WAITING_TTL)
+                            await pipe.execute()
+                        refreshed_at = now
+                    if subscribed:
+                        ids = await _messages(pubsub)
+                except redis.exceptions.RedisError as exc:
+                    # Only notifications are lost: the poll goes on.
+                    self._client._log.warning("waiting for results without Redis: %s", exc)
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+                    subscribed.clear()
+                if not subscribed:
+                    self._work.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(TICK):
+                            await self._work.wait()
+                self.hub.notified(ids)
+                if time.monotonic() >= next_poll:
+                    self.hub.recheck()
+                    next_poll = time.monotonic() + POLL_INTERVAL
+                asked = self.hub.take_unchecked()
+                if asked:
+                    await self._look_up(asked)
+        finally:
+            await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
+
+    async def _look_up(self, asked: list[str]) -> None:
+        try:
+            jobs = await self._client._lookup(asked)
+        except KyuError as exc:
+            done = self.hub.fail(asked, exc)
+        else:
+            done = self.hub.settle(asked, jobs)
+        for waiter in done:
+            waiter.wake()
+
+
+async def _messages(pubsub: Any) -> list[str]:
+    ids: list[str] = []
+    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=TICK)
+    while message is not None:
+        if message.get("type") == "message":
+            ids.extend(parse_finished(message["data"]))
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0)
+    return ids
