@@ -11,6 +11,7 @@ queue (and its pools) of the test.
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -264,7 +265,9 @@ async def test_enqueue_accepts_or_rejects_cleanly(small_config: Config, observer
         assert error is None, error
         assert (job.job_type, job.payload, job.priority) == (job_type, payload, priority)
         assert job.max_retries == max_retries
-        assert len(payload.encode()) <= SMALL_LIMIT
+        # Payloads are JSON values now: the limit applies to their compact encoding.
+        encoded = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+        assert len(encoded.encode()) <= SMALL_LIMIT
         if job.status is JobStatus.PENDING:
             assert zcard == before[1] + 1
         else:
