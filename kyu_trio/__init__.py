@@ -35,6 +35,7 @@ from ._errors import MissingExtraError as MissingExtraError
 from ._errors import NotConnectedError as NotConnectedError
 from ._errors import SchemaError as SchemaError
 from ._errors import ServerError as ServerError
+from ._errors import TransactionError as TransactionError
 from ._errors import UnknownJobType as UnknownJobType
 from ._job import Attempt as Attempt
 from ._job import EnqueueRequest as EnqueueRequest
@@ -85,6 +86,7 @@ __all__ = [
     "Stats",
     "Store",
     "SystemClock",
+    "TransactionError",
     "TrioClock",
     "UnknownJobType",
     "__version__",

@@ -98,7 +98,22 @@ class UnknownJobType(KyuError, KeyError):
 
 class SchemaError(KyuError):
     """The database schema is newer than this version of kyu-trio understands, or older
-    and cannot be migrated here (a read-only server or a user without the privileges)."""
+    and cannot be migrated here (a read-only server or a user without the privileges),
+    or a connection given as ``conn=`` goes to a database without the kyu-trio schema."""
+
+
+class TransactionError(KyuError):
+    """The connection given as ``conn=`` cannot take an enqueue: it is not a psycopg 3
+    connection of the right kind, it is closed, or its transaction has already failed.
+    Nothing was written.
+
+    Example::
+
+        try:
+            client.enqueue("ship_order", {"order": 42}, conn=conn)
+        except kyu_trio.TransactionError:
+            conn.rollback()
+    """
 
 
 class MetricsPortError(KyuError):

@@ -231,7 +231,8 @@ class SchemaDirective(SphinxDirective):
             self.env.note_dependency(str(path))
             text = path.read_text()
             title = nodes.rubric(text=str(path.relative_to(package)))
-            block = nodes.literal_block(text, text, language="sql")
+            # PostgreSQL's own dialect: the plain SQL lexer stops at a $$ function body.
+            block = nodes.literal_block(text, text, language="postgresql")
             result += [title, block]
         return result
 

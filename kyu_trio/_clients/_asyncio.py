@@ -33,9 +33,15 @@ from .._store._postgres import (
     CONNECT_TIMEOUT,
     PostgresStore,
     _tcp_settings,
+    caller_address,
+    caller_conn_problem,
     copy_row,
     insert_one_params,
+    map_error,
     migrate,
+    schema_found,
+    schema_known,
+    schema_missing,
 )
 from .._validation import parse_job_id
 from .._waiters import (
@@ -222,9 +228,12 @@ class AsyncioClient:
         max_retries: int = 3,
         scheduled_at: datetime | None = None,
         job_timeout: float | None = None,
+        conn: psycopg.AsyncConnection[Any] | None = None,
     ) -> str:
         """Add a job and return its id; it is durable in PostgreSQL when this returns.
-        The arguments are those of `Queue.enqueue`.
+        The arguments are those of `Queue.enqueue`; ``conn`` is the caller's
+        ``psycopg.AsyncConnection``: the job is written in its current transaction (never
+        committed here) and runs once the caller commits.
 
         Example::
 
@@ -238,11 +247,17 @@ class AsyncioClient:
             scheduled_at=scheduled_at,
             job_timeout=job_timeout,
         )
-        return (await self.enqueue_many([request]))[0]
+        return (await self.enqueue_many([request], conn=conn))[0]
 
-    async def enqueue_many(self, jobs: Iterable[EnqueueRequest | tuple[str, Any]]) -> list[str]:
+    async def enqueue_many(
+        self,
+        jobs: Iterable[EnqueueRequest | tuple[str, Any]],
+        *,
+        conn: psycopg.AsyncConnection[Any] | None = None,
+    ) -> list[str]:
         """Add many jobs in one statement and one Redis push; return their ids in order.
-        One invalid item rejects the call and nothing is written.
+        One invalid item rejects the call and nothing is written. ``conn``: as for
+        `enqueue`, for all the jobs.
 
         Example::
 
@@ -252,6 +267,11 @@ class AsyncioClient:
         rows = _core.new_jobs(jobs, self._config, now)
         if not rows:
             return []
+        if conn is not None:
+            # Through the caller's connection: no pool, no push (the workers push at
+            # the caller's COMMIT).
+            await _insert_in_transaction(conn, rows, now)
+            return [row.id for row in rows]
         pool, client = await self._connections()
         ids = [row.id for row in rows]
         try:
@@ -391,13 +411,33 @@ class AsyncioClient:
         return await self._run(_core.get_jobs(ids))
 
 
-async def _insert(
+async def _insert_in_transaction(
     conn: psycopg.AsyncConnection[Any], jobs: list[NewJob], now: datetime
+) -> None:
+    """What `insert_in_transaction` does, through the caller's asyncio connection."""
+    problem = caller_conn_problem(conn, psycopg.AsyncConnection)
+    if problem is not None:
+        raise problem
+    try:
+        if not schema_known(conn):
+            cursor = await conn.execute(q.SCHEMA_READY)
+            row = await cursor.fetchone()
+            if not (row and row[0]):
+                raise schema_missing(conn)
+            schema_found(conn)
+        await _insert(conn, jobs, now, notify=True)
+    except psycopg.Error as exc:
+        raise map_error(exc, caller_address(conn)) from None
+
+
+async def _insert(
+    conn: psycopg.AsyncConnection[Any], jobs: list[NewJob], now: datetime, *, notify: bool = False
 ) -> list[Ready]:
     """What `_insert_new` does, through an asyncio connection: one INSERT for one job,
     sequence numbers then one COPY for many."""
     if len(jobs) == 1:
-        cursor = await conn.execute(q.INSERT_ONE, insert_one_params(jobs[0], now))
+        params = insert_one_params(jobs[0], now, notify=notify)
+        cursor = await conn.execute(q.INSERT_ONE, params)
         row = await cursor.fetchone()
         assert row is not None
         return _core.pending(jobs, [row[0]])
@@ -405,7 +445,7 @@ async def _insert(
     seqs = sorted(r[0] for r in await cursor.fetchall())
     async with conn.cursor().copy(q.COPY_JOBS) as copy:
         for job, seq in zip(jobs, seqs, strict=True):
-            await copy.write_row(copy_row(job, seq, now))
+            await copy.write_row(copy_row(job, seq, now, notify=notify))
     return _core.pending(jobs, seqs)
 
 

@@ -39,6 +39,7 @@ from .._store._postgres import (
     PostgresStore,
     _insert_new,
     _tcp_settings,
+    insert_in_transaction,
     migrate,
 )
 from .._validation import parse_job_id
@@ -225,9 +226,12 @@ class Client:
         max_retries: int = 3,
         scheduled_at: datetime | None = None,
         job_timeout: float | None = None,
+        conn: psycopg.Connection[Any] | None = None,
     ) -> str:
         """Add a job and return its id; it is durable in PostgreSQL when this returns.
-        The arguments are those of `Queue.enqueue`.
+        The arguments are those of `Queue.enqueue`; ``conn`` is the caller's
+        ``psycopg.Connection``: the job is written in its current transaction (never
+        committed here) and runs once the caller commits.
 
         Example::
 
@@ -241,11 +245,17 @@ class Client:
             scheduled_at=scheduled_at,
             job_timeout=job_timeout,
         )
-        return self.enqueue_many([request])[0]
+        return self.enqueue_many([request], conn=conn)[0]
 
-    def enqueue_many(self, jobs: Iterable[EnqueueRequest | tuple[str, Any]]) -> list[str]:
+    def enqueue_many(
+        self,
+        jobs: Iterable[EnqueueRequest | tuple[str, Any]],
+        *,
+        conn: psycopg.Connection[Any] | None = None,
+    ) -> list[str]:
         """Add many jobs in one statement and one Redis push; return their ids in order.
-        One invalid item rejects the call and nothing is written.
+        One invalid item rejects the call and nothing is written. ``conn``: as for
+        `enqueue`, for all the jobs.
 
         Example::
 
@@ -255,6 +265,11 @@ class Client:
         rows = _core.new_jobs(jobs, self._config, now)
         if not rows:
             return []
+        if conn is not None:
+            # Through the caller's connection: no pool, no push (the workers push at
+            # the caller's COMMIT).
+            insert_in_transaction(conn, rows, now)
+            return [row.id for row in rows]
         pool, client = self._connections()
         ids = [row.id for row in rows]
         try:

@@ -6,10 +6,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 import trio
 
-from .._errors import EnqueueOutcomeUnknown, KyuConnectionError, ServerError
+from .._errors import EnqueueOutcomeUnknown, KyuConnectionError, ServerError, TransactionError
 from .._ports import NewJob, Ready
 from ._service import Context
 
@@ -53,6 +54,32 @@ async def insert_and_push(ctx: Context, new_jobs: list[NewJob], now: datetime) -
                     "attempt": 0,
                     "kyu_event": "enqueued",
                 },
+            )
+
+
+async def insert_in_transaction(
+    ctx: Context, conn: Any, new_jobs: list[NewJob], now: datetime
+) -> None:
+    """Write ``new_jobs`` through the caller's psycopg ``conn``, inside its transaction,
+    never committing it. Nothing is pushed: the row's trigger tells the serving workers
+    at the caller's COMMIT (and nothing at all on a rollback)."""
+    from .._store._postgres import PostgresStore, insert_in_transaction
+
+    if not isinstance(ctx.store, PostgresStore):
+        raise TransactionError(
+            f"conn= needs the PostgreSQL store; this queue uses {type(ctx.store).__name__}"
+        )
+    # Not abandoned on cancel: the connection is the caller's, and must not be in use
+    # by a thread of ours once enqueue has returned or raised. The wait is one insert.
+    await trio.to_thread.run_sync(insert_in_transaction, conn, new_jobs, now)
+    # jobs_total is not counted: the caller may yet roll back.
+    if ctx.log.isEnabledFor(logging.DEBUG):
+        for job in new_jobs:
+            ctx.log.debug(
+                "job %s written in the caller's transaction (type=%s)",
+                job.id,
+                job.job_type,
+                extra={"job_id": job.id, "job_type": job.job_type, "kyu_event": "enqueued"},
             )
 
 

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
@@ -32,12 +32,15 @@ from .._validation import (
 )
 from .._version import __version__
 from .._waiters import POLL_INTERVAL, result_of
-from ._enqueue import insert_and_push
+from ._enqueue import insert_and_push, insert_in_transaction
 from ._handlers import Handler, HandlerSpec, Middleware, Registry, handler_kind
 from ._metrics import Metrics
 from ._serve import Runtime, Serving, metrics_listeners
 from ._service import Context
 from ._summary import RunSummary
+
+if TYPE_CHECKING:
+    import psycopg
 
 H = TypeVar("H", bound=Handler)
 
@@ -256,14 +259,18 @@ class Queue:
         max_retries: int = 3,
         scheduled_at: datetime | None = None,
         job_timeout: float | None = None,
+        conn: psycopg.Connection[Any] | None = None,
     ) -> str:
-        """Add a job and return its id. It is durable in PostgreSQL when this returns.
+        """Add a job and return its id. It is durable in PostgreSQL when this returns
+        (with ``conn``: when the caller commits).
 
         ``payload``: any JSON value (dict, list, str, int, float, bool, None); the handler
         gets what ``json.loads(json.dumps(payload))`` gives. ``priority``: -32768..32767,
         higher runs first. ``max_retries=N`` allows N+1 runs. ``scheduled_at``: an aware
         datetime (None = now). ``job_timeout``: seconds
-        (None = ``Config.default_job_timeout``).
+        (None = ``Config.default_job_timeout``). ``conn``: the caller's
+        ``psycopg.Connection``: the job is written inside its current transaction, never
+        committed by kyu-trio; it runs once the caller commits, never if they roll back.
 
         Example::
 
@@ -279,14 +286,21 @@ class Queue:
                     scheduled_at=scheduled_at,
                     job_timeout=job_timeout,
                 )
-            ]
+            ],
+            conn=conn,
         )
         return ids[0]
 
-    async def enqueue_many(self, jobs: Iterable[EnqueueRequest | tuple[str, Any]]) -> list[str]:
+    async def enqueue_many(
+        self,
+        jobs: Iterable[EnqueueRequest | tuple[str, Any]],
+        *,
+        conn: psycopg.Connection[Any] | None = None,
+    ) -> list[str]:
         """Add many jobs in one INSERT and one broker push; return their ids in order.
 
         Every item is validated first: one bad item rejects the call and writes nothing.
+        ``conn``: as for `enqueue`, for all the jobs.
 
         Example::
 
@@ -301,7 +315,10 @@ class Queue:
             validate_request(item, config=self.config, now=now, job_id=job_id)
             for item, job_id in zip(items, new_job_ids(len(items)), strict=True)
         ]
-        if new_jobs:
+        if conn is not None:
+            if new_jobs:
+                await insert_in_transaction(ctx, conn, new_jobs, now)
+        elif new_jobs:
             await insert_and_push(ctx, new_jobs, now)
         return [j.id for j in new_jobs]
 

@@ -16,8 +16,10 @@ import trio
 from .._config import Config
 from .._errors import KyuConnectionError, KyuError
 from .._retry import RetryPolicy
+from .._store._postgres import PostgresStore
 from ._handlers import Registry
 from ._http import Response, Route, open_http_listeners, serve_http
+from ._listener import EnqueueListener
 from ._pool import WorkerPool
 from ._reaper import Reaper
 from ._sampler import Sampler
@@ -127,6 +129,11 @@ class Serving:
                 await nursery.start(runtime.scheduler.run)
                 await nursery.start(runtime.reaper.run)
                 await nursery.start(Sampler(ctx, config.metrics_sample_interval).run)
+                if isinstance(ctx.store, PostgresStore):
+                    # Jobs enqueued inside callers' transactions (conn=) reach the
+                    # broker through it.
+                    listener = EnqueueListener(ctx, ctx.store, runtime.reaper.run_once)
+                    await nursery.start(listener.run)
                 if self._listeners:
                     self.metrics_port = await nursery.start(
                         partial(

@@ -12,6 +12,7 @@ import os
 import re
 import socket
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from datetime import datetime
@@ -24,7 +25,14 @@ import trio
 from psycopg.rows import TupleRow
 
 from .._dsn import mask_password, postgres_address
-from .._errors import CommandError, KyuConnectionError, KyuError, SchemaError, ServerError
+from .._errors import (
+    CommandError,
+    KyuConnectionError,
+    KyuError,
+    SchemaError,
+    ServerError,
+    TransactionError,
+)
 from .._job import Attempt, Job, JobStatus
 from .._ports import CancelOutcome, CancelResult, Failure, Lease, NewJob, QueueStats, Ready
 from .._validation import decode_payload
@@ -255,8 +263,10 @@ def _ints(values: Sequence[int]) -> str:
     return "{" + ",".join(str(int(v)) for v in values) + "}"
 
 
-def insert_one_params(job: NewJob, now: datetime) -> dict[str, Any]:
-    """The parameters of `INSERT_ONE` for ``job``: one home for every insert path."""
+def insert_one_params(job: NewJob, now: datetime, *, notify: bool = False) -> dict[str, Any]:
+    """The parameters of `INSERT_ONE` for ``job``: one home for every insert path.
+    ``notify``: the row is written in the caller's transaction, and its trigger tells
+    the serving workers to push it at COMMIT (`needs_push`)."""
     return {
         "id": job.id,
         "queue": job.queue,
@@ -268,11 +278,13 @@ def insert_one_params(job: NewJob, now: datetime) -> dict[str, Any]:
         "max_retries": job.max_retries,
         "job_timeout": job.job_timeout,
         "now": now,
+        "needs_push": notify and job.status is JobStatus.PENDING,
     }
 
 
-def copy_row(job: NewJob, seq: int, now: datetime) -> tuple[Any, ...]:
-    """One row of `COPY_JOBS` for ``job``, with its sequence number drawn first."""
+def copy_row(job: NewJob, seq: int, now: datetime, *, notify: bool = False) -> tuple[Any, ...]:
+    """One row of `COPY_JOBS` for ``job``, with its sequence number drawn first
+    (``notify`` as for `insert_one_params`)."""
     return (
         job.id,
         job.queue,
@@ -286,30 +298,143 @@ def copy_row(job: NewJob, seq: int, now: datetime) -> tuple[Any, ...]:
         job.job_timeout,
         now,
         now,
+        notify and job.status is JobStatus.PENDING,
     )
 
 
 def _insert_new(
-    conn: psycopg.Connection[Any], jobs: Sequence[NewJob], now: datetime
+    conn: psycopg.Connection[Any], jobs: Sequence[NewJob], now: datetime, *, notify: bool = False
 ) -> list[Ready]:
-    """Write new rows (committed on return: autocommit); return the pending ones."""
+    """Write new rows; return the pending ones. On a pooled connection (autocommit) they
+    are committed on return; with ``notify``, they are the caller's, in the caller's
+    transaction, and pushed by the serving workers when it commits."""
     if not jobs:
         return []
     if len(jobs) == 1:
         job = jobs[0]
-        row = conn.execute(q.INSERT_ONE, insert_one_params(job, now)).fetchone()
+        row = conn.execute(q.INSERT_ONE, insert_one_params(job, now, notify=notify)).fetchone()
         assert row is not None
         return [Ready(job.id, job.priority, row[0])] if job.status is JobStatus.PENDING else []
     seqs = sorted(r[0] for r in conn.execute(q.NEXT_SEQS, (len(jobs),)))
     # One statement: COPY writes every row or, on any error, none.
     with conn.cursor().copy(q.COPY_JOBS) as copy:
         for job, seq in zip(jobs, seqs, strict=True):
-            copy.write_row(copy_row(job, seq, now))
+            copy.write_row(copy_row(job, seq, now, notify=notify))
     return [
         Ready(job.id, job.priority, seq)
         for job, seq in zip(jobs, seqs, strict=True)
         if job.status is JobStatus.PENDING
     ]
+
+
+def connection_error(exc: BaseException, address: str) -> KyuConnectionError:
+    """The `KyuConnectionError` for a failed connection to PostgreSQL at ``address``."""
+    text = str(exc).strip()
+    reason = mask_password(text.splitlines()[0] if text else "") or type(exc).__name__
+    # The server answered but said no (no such database, bad password, no such role):
+    # that is a setting to fix, not an outage to wait out.
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    if sqlstate.startswith(("28", "3D")) or "does not exist" in text or ("authentication" in text):
+        return KyuConnectionError(f"PostgreSQL at {address} refused the connection: {reason}")
+    return KyuConnectionError(f"PostgreSQL at {address} is unreachable or went away: {reason}")
+
+
+def map_error(exc: psycopg.Error, address: str) -> KyuError:
+    """The KyuError for a psycopg exception: an outage to ride out (a lost connection,
+    or a `ServerError`), or a `CommandError` that waiting will not cure."""
+    sqlstate = exc.sqlstate or ""
+    # An error reply means the statement did not commit (callers rely on that: an
+    # enqueue refused by the server wrote nothing), except after a PANIC, which may
+    # strike during the commit itself: then the outcome is unknown, as when the
+    # connection is lost.
+    if exc.diag.severity_nonlocalized == "PANIC":
+        return connection_error(exc, address)
+    if not sqlstate or sqlstate.startswith(("08", "28", "3D")):
+        if sqlstate or isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+            return connection_error(exc, address)
+        # Refused by psycopg before anything was sent (e.g. a NUL in a string).
+        return CommandError(
+            f"could not send a command to PostgreSQL at {address}: {_first_line(exc)}"
+        )
+    reason = f"{sqlstate} {_first_line(exc)}"
+    if sqlstate in TRANSIENT_CODES or sqlstate.startswith(TRANSIENT_CLASSES):
+        return ServerError(f"PostgreSQL at {address} answered with an error: {reason}")
+    return CommandError(f"PostgreSQL at {address} refused a command: {reason}")
+
+
+# ---- enqueue through the caller's connection (`conn=`) ----------------------------------
+
+#: Connections whose database was found to have the schema: checked once each (a
+#: connection never changes database), not on every enqueue.
+_SCHEMA_CHECKED: weakref.WeakSet[Any] = weakref.WeakSet()
+
+#: What the docs tell a caller who holds a Django or SQLAlchemy connection.
+_CONN_HINT = (
+    "from Django use django.db.connection.connection inside transaction.atomic(), from "
+    "SQLAlchemy session.connection().connection.driver_connection (postgresql+psycopg)"
+)
+
+
+def caller_address(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> str:
+    """Where a caller's connection goes, for messages (never its password)."""
+    try:
+        return f"{conn.info.host}:{conn.info.port}/{conn.info.dbname}"
+    except psycopg.Error:
+        return "the caller's connection"
+
+
+def caller_conn_problem(conn: object, expected: type[Any]) -> TransactionError | None:
+    """Why ``conn`` (given as ``conn=``) cannot take an enqueue, or None. No I/O."""
+    if not isinstance(conn, expected):
+        return TransactionError(
+            f"conn= takes a {expected.__module__.split('.')[0]}.{expected.__qualname__} "
+            f"(psycopg 3), not {type(conn).__module__}.{type(conn).__qualname__}: "
+            f"{_CONN_HINT}"
+        )
+    assert isinstance(conn, psycopg.Connection | psycopg.AsyncConnection)
+    if conn.closed:
+        return TransactionError(f"conn= is closed ({caller_address(conn)})")
+    if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+        return TransactionError(
+            f"the transaction of conn= ({caller_address(conn)}) has failed (an earlier "
+            "statement raised an error): roll it back, then enqueue in a new transaction"
+        )
+    return None
+
+
+def schema_missing(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> SchemaError:
+    return SchemaError(
+        f"the database of conn= ({caller_address(conn)}) has no kyu-trio schema (version "
+        f"{SCHEMA_VERSION} or later): run `kyu-trio migrate` against it, or connect a Queue "
+        "or Client to it once, before enqueueing through it"
+    )
+
+
+def schema_known(conn: object) -> bool:
+    return conn in _SCHEMA_CHECKED
+
+
+def schema_found(conn: object) -> None:
+    _SCHEMA_CHECKED.add(conn)
+
+
+def insert_in_transaction(
+    conn: psycopg.Connection[Any], jobs: Sequence[NewJob], now: datetime
+) -> None:
+    """Write ``jobs`` through the caller's ``conn``, in its current transaction, never
+    committing it: the workers push them when (if) the caller commits. Blocking."""
+    problem = caller_conn_problem(conn, psycopg.Connection)
+    if problem is not None:
+        raise problem
+    try:
+        if not schema_known(conn):
+            row = conn.execute(q.SCHEMA_READY).fetchone()
+            if not (row and row[0]):
+                raise schema_missing(conn)
+            schema_found(conn)
+        _insert_new(conn, jobs, now, notify=True)
+    except psycopg.Error as exc:
+        raise map_error(exc, caller_address(conn)) from None
 
 
 def _installed_version(conn: psycopg.Connection[Any]) -> int:
@@ -385,44 +510,10 @@ class PostgresStore:
         self._found_version = 0
 
     def _connection_error(self, exc: BaseException) -> KyuConnectionError:
-        text = str(exc).strip()
-        reason = mask_password(text.splitlines()[0] if text else "") or type(exc).__name__
-        # The server answered but said no (no such database, bad password, no such role):
-        # that is a setting to fix, not an outage to wait out.
-        sqlstate = getattr(exc, "sqlstate", None) or ""
-        if (
-            sqlstate.startswith(("28", "3D"))
-            or "does not exist" in text
-            or ("authentication" in text)
-        ):
-            return KyuConnectionError(
-                f"PostgreSQL at {self._address} refused the connection: {reason}"
-            )
-        return KyuConnectionError(
-            f"PostgreSQL at {self._address} is unreachable or went away: {reason}"
-        )
+        return connection_error(exc, self._address)
 
     def _error(self, exc: psycopg.Error) -> KyuError:
-        """The KyuError for a psycopg exception: an outage to ride out (a lost connection,
-        or a `ServerError`), or a `CommandError` that waiting will not cure."""
-        sqlstate = exc.sqlstate or ""
-        # An error reply means the statement did not commit (callers rely on that: an
-        # enqueue refused by the server wrote nothing), except after a PANIC, which may
-        # strike during the commit itself: then the outcome is unknown, as when the
-        # connection is lost.
-        if exc.diag.severity_nonlocalized == "PANIC":
-            return self._connection_error(exc)
-        if not sqlstate or sqlstate.startswith(("08", "28", "3D")):
-            if sqlstate or isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
-                return self._connection_error(exc)
-            # Refused by psycopg before anything was sent (e.g. a NUL in a string).
-            return CommandError(
-                f"could not send a command to PostgreSQL at {self._address}: {_first_line(exc)}"
-            )
-        reason = f"{sqlstate} {_first_line(exc)}"
-        if sqlstate in TRANSIENT_CODES or sqlstate.startswith(TRANSIENT_CLASSES):
-            return ServerError(f"PostgreSQL at {self._address} answered with an error: {reason}")
-        return CommandError(f"PostgreSQL at {self._address} refused a command: {reason}")
+        return map_error(exc, self._address)
 
     async def _in_thread(
         self, fn: Callable[[_Call], T], limiter: trio.CapacityLimiter | None = None
@@ -581,6 +672,38 @@ class PostgresStore:
             return ready
 
         return await self._run(insert)
+
+    async def listen_enqueued(
+        self, listening: Callable[[], None], deliver: Callable[[list[str]], None]
+    ) -> None:
+        """Listen for jobs enqueued in callers' transactions (``kyu_enqueued``) until
+        cancelled, on a connection of its own: ``listening()`` once listening, then
+        ``deliver(payloads)`` with each batch received, both called in trio. Raises
+        `KyuConnectionError` when the connection fails (notifications sent meanwhile are
+        lost: the reaper's sweep pushes their jobs)."""
+
+        def listen(call: _Call) -> None:
+            conn = psycopg.connect(
+                self._dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+                **_tcp_settings(self._dsn),
+            )  # fmt: skip
+            # The whole life of the connection is this one thread call, so that only
+            # this thread ever touches it; a cancelled task cuts its socket (`_Call`),
+            # which ends the wait below at once, and the thread closes it.
+            with conn:
+                call.attach(conn)
+                try:
+                    conn.execute(q.LISTEN_ENQUEUED)
+                    trio.from_thread.run_sync(listening)
+                    while True:
+                        # stop_after=1: return with the first packet's notifications.
+                        batch = [n.payload for n in conn.notifies(stop_after=1)]
+                        if batch:
+                            trio.from_thread.run_sync(deliver, batch)
+                finally:
+                    call.detach()
+
+        await self._in_thread(listen)
 
     async def get_job(self, job_id: str) -> Job | None:
         def get(conn: psycopg.Connection[Any]) -> Job | None:

@@ -47,17 +47,32 @@ NEXT_SEQS = "SELECT nextval('kyu_jobs_seq') FROM generate_series(1, %s)"
 
 COPY_JOBS = """
 COPY kyu_jobs (id, queue, job_type, payload, status, priority, seq, scheduled_at,
-               max_retries, job_timeout, created_at, updated_at)
+               max_retries, job_timeout, created_at, updated_at, needs_push)
 FROM STDIN
 """
 
 INSERT_ONE = """
 INSERT INTO kyu_jobs (id, queue, job_type, payload, status, priority, scheduled_at,
-                      max_retries, job_timeout, created_at, updated_at)
+                      max_retries, job_timeout, created_at, updated_at, needs_push)
 VALUES (%(id)s, %(queue)s, %(job_type)s, %(payload)s, %(status)s, %(priority)s,
-        %(scheduled_at)s, %(max_retries)s, %(job_timeout)s, %(now)s, %(now)s)
+        %(scheduled_at)s, %(max_retries)s, %(job_timeout)s, %(now)s, %(now)s,
+        %(needs_push)s)
 RETURNING seq
 """
+
+# Before the first enqueue through a caller's connection: does its database have the
+# schema that enqueue needs (version 4's needs_push)? A query that cannot fail: a failed
+# one would abort the caller's transaction.
+SCHEMA_READY = """
+SELECT EXISTS (
+    SELECT 1 FROM pg_attribute
+    WHERE attrelid = to_regclass('kyu_jobs') AND attname = 'needs_push' AND NOT attisdropped
+)
+"""
+
+#: The channel of `kyu_notify_enqueued()` (migration 004).
+ENQUEUED_CHANNEL = "kyu_enqueued"
+LISTEN_ENQUEUED = "LISTEN kyu_enqueued"
 
 # Before an insert is repeated after its answer was lost: which rows are there already.
 INSERTED = """

@@ -43,6 +43,7 @@ def test_all_is_pinned() -> None:
         "Stats",
         "Store",
         "SystemClock",
+        "TransactionError",
         "TrioClock",
         "UnknownJobType",
         "__version__",
