@@ -49,6 +49,7 @@ from ._runtime._handlers import Middleware as Middleware
 from ._runtime._handlers import current_job as current_job
 from ._runtime._queue import Queue as Queue
 from ._runtime._summary import RunSummary as RunSummary
+from ._snooze import Snooze as Snooze
 from ._stats import Stats as Stats
 from ._store._memory import MemoryStore as MemoryStore
 from ._version import __version__ as __version__
@@ -83,6 +84,7 @@ __all__ = [
     "RunSummary",
     "SchemaError",
     "ServerError",
+    "Snooze",
     "Stats",
     "Store",
     "SystemClock",

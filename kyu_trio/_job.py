@@ -35,14 +35,17 @@ FINAL_STATES = frozenset({JobStatus.COMPLETED, JobStatus.DEAD, JobStatus.CANCELL
 
 #: How a run ended, as `Attempt.outcome` says: the handler returned; it raised and a retry
 #: is due; it raised on its last try; it ran out of time; shutdown put it back; the reaper
-#: rescued it from a lost worker.
-ATTEMPT_OUTCOMES = frozenset({"completed", "failed", "dead", "timed_out", "requeued", "lost"})
+#: rescued it from a lost worker; the handler raised `Snooze`.
+ATTEMPT_OUTCOMES = frozenset(
+    {"completed", "failed", "dead", "timed_out", "requeued", "lost", "snoozed"}
+)
 
 
 @attrs.frozen
 class Attempt:
     """One run of a job: who ran it, when, and how it ended (``outcome``, one of
-    ``completed``, ``failed``, ``dead``, ``timed_out``, ``requeued``, ``lost``).
+    ``completed``, ``failed``, ``dead``, ``timed_out``, ``requeued``, ``lost``,
+    ``snoozed``).
 
     ``error`` is ``"<ExceptionType>: <message>"`` for a run that did not complete, and
     ``traceback`` the formatted traceback of a handler's exception (its last 16 KiB).
@@ -109,7 +112,7 @@ class EnqueueRequest:
 
     Example::
 
-        EnqueueRequest("send_email", {"to": "a@b.c"}, priority=5)
+        EnqueueRequest("send_email", {"to": "a@b.c"}, priority=5, unique_key="mail:a@b.c")
     """
 
     job_type: str
@@ -118,3 +121,4 @@ class EnqueueRequest:
     max_retries: int = 3
     scheduled_at: datetime | None = None
     job_timeout: float | None = None
+    unique_key: str | None = None

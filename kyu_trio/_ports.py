@@ -29,6 +29,8 @@ class NewJob:
     scheduled_at: datetime
     job_timeout: float
     status: JobStatus  # PENDING when due now, SCHEDULED when due later
+    # While an unfinished job of the queue holds this key, inserting writes nothing.
+    unique_key: str | None = None
 
 
 @attrs.frozen
@@ -49,12 +51,15 @@ class Lease:
 
 
 def _default_outcome(failure: Failure) -> str:
+    if failure.status is JobStatus.SCHEDULED:
+        return "snoozed"
     return "dead" if failure.status is JobStatus.DEAD else "failed"
 
 
 @attrs.frozen
 class Failure:
-    """A failed run, with the state the policy decided: FAILED (retry at ``due``) or DEAD.
+    """A failed run, with the state the policy decided: FAILED (retry at ``due``) or DEAD;
+    or a snoozed run: SCHEDULED at ``due``, ``retry_count`` and the job's error unchanged.
 
     ``outcome`` is what the run's `Attempt` records (``failed`` or ``dead`` by default;
     ``timed_out``, ``lost``), ``traceback`` the handler's exception, formatted."""
@@ -115,8 +120,13 @@ class Store(Protocol):
         after_commit: Callable[[list[Ready]], None] | None = None,
         *,
         again: bool = False,
+        existing: dict[str, str] | None = None,
     ) -> list[Ready]:
         """Insert jobs in order; return the PENDING ones (to push) with their sequence.
+
+        A job with a `unique_key` held by an unfinished job of its queue (committed, or
+        written earlier in this call) is not written: ``existing`` maps its id to the
+        holder's id. Decided by the store, so concurrent inserts write one job per key.
 
         ``after_commit`` is called with them once the rows are committed, in the same
         worker thread call where the store uses one (so it may block, and must not
@@ -172,7 +182,8 @@ class Store(Protocol):
     async def fail_jobs(
         self, failures: Sequence[Failure], worker_id: str, now: datetime
     ) -> list[str]:
-        """RUNNING -> FAILED (retry at ``due``, retry_count + 1) or DEAD, for jobs that
+        """RUNNING -> FAILED (retry at ``due``, retry_count + 1), DEAD or, for a snooze,
+        SCHEDULED (at ``due``, retry_count and error_message unchanged), for jobs that
         ``worker_id`` still holds under each failure's lease, recording the run in the
         job's attempt history; return those ids."""
         ...

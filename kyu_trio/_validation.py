@@ -25,6 +25,9 @@ from ._score import PRIORITY_MAX, PRIORITY_MIN
 
 #: Longest job type, in characters.
 MAX_JOB_TYPE_LENGTH = 200
+#: A `unique_key` longer than this is refused: keys are compared in a B-tree index,
+#: whose entries must stay well under a page.
+MAX_UNIQUE_KEY_LENGTH = 200
 #: Largest ``max_retries``: PostgreSQL's integer.
 MAX_RETRIES_LIMIT = 2**31 - 1
 #: Longest age or delay an operation takes (`Queue.purge`'s ``older_than``, the CLI's
@@ -74,6 +77,32 @@ def check_job_type(job_type: object) -> str:
     if not job_type.isascii() and not _encodable(job_type):
         raise InvalidJobError("job_type is not valid Unicode (lone surrogates)")
     return job_type
+
+
+def check_unique_key(key: object) -> str | None:
+    """None, or a non-empty str of at most 200 characters without control characters.
+
+    Example::
+
+        assert check_unique_key("invoice:42") == "invoice:42"
+    """
+    if key is None:
+        return None
+    if not isinstance(key, str) or not key:
+        raise InvalidJobError(f"unique_key must be None or a non-empty str, got {shown(key, 80)}")
+    if len(key) > MAX_UNIQUE_KEY_LENGTH:
+        raise InvalidJobError(f"unique_key must be at most {MAX_UNIQUE_KEY_LENGTH} characters")
+    # Keys show up in logs and terminals (and PostgreSQL refuses NUL): as for job types.
+    bad = next(
+        (c for c in key if c in "\u2028\u2029" or not (" " <= c < "\x7f" or c > "\x9f")), None
+    )
+    if bad is not None:
+        raise InvalidJobError(
+            f"unique_key must not contain control characters, got {key!r:.80} (with {bad!r})"
+        )
+    if not key.isascii() and not _encodable(key):
+        raise InvalidJobError("unique_key is not valid Unicode (lone surrogates)")
+    return key
 
 
 def _encodable(text: str) -> bool:
@@ -238,6 +267,7 @@ def validate_request(item: object, *, config: Config, now: datetime, job_id: str
         config.default_job_timeout if item.job_timeout is None else item.job_timeout
     )
     due = now if item.scheduled_at is None else check_scheduled_at(item.scheduled_at)
+    unique_key = check_unique_key(item.unique_key)
     return NewJob(
         id=job_id,
         queue=config.queue_name,
@@ -248,6 +278,7 @@ def validate_request(item: object, *, config: Config, now: datetime, job_id: str
         scheduled_at=due,
         job_timeout=timeout,
         status=JobStatus.PENDING if due <= now else JobStatus.SCHEDULED,
+        unique_key=unique_key,
     )
 
 

@@ -88,6 +88,11 @@ from ._parsing import Seconds, duration_option, when_option
     metavar="SECONDS",
     help="time limit of one run, up to a year [default: Config.default_job_timeout]",
 )
+@click.option(
+    "--unique-key",
+    metavar="KEY",
+    help="while an unfinished job of the queue has KEY, add nothing and print its id",
+)
 def enqueue(
     job_type: str,
     payload: str | None,
@@ -97,6 +102,7 @@ def enqueue(
     at: datetime | None,
     max_retries: int,
     timeout: float | None,
+    unique_key: str | None,
 ) -> None:
     """Add a job of TYPE with PAYLOAD ('-' reads it from stdin); print its id.
 
@@ -106,6 +112,7 @@ def enqueue(
     \b
     Example: kyu-trio enqueue send_email '{"to": "a@b.c"}' --priority 5 --delay 60
              kyu-trio enqueue resize --raw photos/cat.png
+             kyu-trio enqueue report '{"day": "2026-01-31"}' --unique-key report:2026-01-31
     """
     if delay is not None and at is not None:
         raise CliUsageError("use --delay or --at, not both")
@@ -131,6 +138,7 @@ def enqueue(
                 max_retries=max_retries,
                 scheduled_at=when,
                 job_timeout=timeout,
+                unique_key=unique_key,
             ),
         )
     )

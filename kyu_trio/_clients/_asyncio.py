@@ -229,6 +229,7 @@ class AsyncioClient:
         scheduled_at: datetime | None = None,
         job_timeout: float | None = None,
         conn: psycopg.AsyncConnection[Any] | None = None,
+        unique_key: str | None = None,
     ) -> str:
         """Add a job and return its id; it is durable in PostgreSQL when this returns.
         The arguments are those of `Queue.enqueue`; ``conn`` is the caller's
@@ -246,6 +247,7 @@ class AsyncioClient:
             max_retries=max_retries,
             scheduled_at=scheduled_at,
             job_timeout=job_timeout,
+            unique_key=unique_key,
         )
         return (await self.enqueue_many([request], conn=conn))[0]
 
@@ -270,14 +272,16 @@ class AsyncioClient:
         if conn is not None:
             # Through the caller's connection: no pool, no push (the workers push at
             # the caller's COMMIT).
-            await _insert_in_transaction(conn, rows, now)
-            return [row.id for row in rows]
+            existing: dict[str, str] = {}
+            await _insert_in_transaction(conn, rows, now, existing)
+            return [existing.get(row.id, row.id) for row in rows]
         pool, client = await self._connections()
         ids = [row.id for row in rows]
+        existing = {}
         try:
             async with pool.connection() as conn:
                 try:
-                    ready = await _insert(conn, rows, now)
+                    ready = await _insert(conn, rows, now, existing=existing)
                 except psycopg.Error as exc:
                     raise _insert_error(self._pg._error(exc), ids) from None
         except psycopg.Error as exc:  # no connection: nothing was sent
@@ -293,7 +297,7 @@ class AsyncioClient:
                     len(ready),
                     redis_error(self._redis_address, exc),
                 )
-        return ids
+        return [existing.get(i, i) for i in ids]
 
     # ---- looking and fixing ------------------------------------------------------------
 
@@ -412,7 +416,10 @@ class AsyncioClient:
 
 
 async def _insert_in_transaction(
-    conn: psycopg.AsyncConnection[Any], jobs: list[NewJob], now: datetime
+    conn: psycopg.AsyncConnection[Any],
+    jobs: list[NewJob],
+    now: datetime,
+    existing: dict[str, str],
 ) -> None:
     """What `insert_in_transaction` does, through the caller's asyncio connection."""
     problem = caller_conn_problem(conn, psycopg.AsyncConnection)
@@ -425,16 +432,60 @@ async def _insert_in_transaction(
             if not (row and row[0]):
                 raise schema_missing(conn)
             schema_found(conn)
-        await _insert(conn, jobs, now, notify=True)
+        await _insert(conn, jobs, now, notify=True, existing=existing)
     except psycopg.Error as exc:
         raise map_error(exc, caller_address(conn)) from None
 
 
 async def _insert(
-    conn: psycopg.AsyncConnection[Any], jobs: list[NewJob], now: datetime, *, notify: bool = False
+    conn: psycopg.AsyncConnection[Any],
+    jobs: list[NewJob],
+    now: datetime,
+    *,
+    notify: bool = False,
+    existing: dict[str, str],
 ) -> list[Ready]:
     """What `_insert_new` does, through an asyncio connection: one INSERT for one job,
-    sequence numbers then one COPY for many."""
+    sequence numbers then one COPY for many, and for jobs with a `unique_key`, what
+    `_insert_keyed` does, in one transaction (a savepoint in the caller's)."""
+    if any(job.unique_key is not None for job in jobs):
+        async with conn.transaction():
+            ready = await _insert_plain(
+                conn, [j for j in jobs if j.unique_key is None], now, notify
+            )
+            for job in jobs:
+                if job.unique_key is not None:
+                    ready.extend(await _insert_keyed(conn, job, now, notify, existing))
+        return ready
+    return await _insert_plain(conn, jobs, now, notify)
+
+
+async def _insert_keyed(
+    conn: psycopg.AsyncConnection[Any],
+    job: NewJob,
+    now: datetime,
+    notify: bool,
+    existing: dict[str, str],
+) -> list[Ready]:
+    params = insert_one_params(job, now, notify=notify)
+    while True:
+        cursor = await conn.execute(q.INSERT_UNIQUE, params)
+        row = await cursor.fetchone()
+        if row is not None:
+            return _core.pending([job], [row[0]])
+        cursor = await conn.execute(q.UNIQUE_HOLDER, params)
+        holder = await cursor.fetchone()
+        if holder is not None:
+            existing[job.id] = holder[0]
+            return []
+        # The holder finished between the two statements: the key is free again.
+
+
+async def _insert_plain(
+    conn: psycopg.AsyncConnection[Any], jobs: list[NewJob], now: datetime, notify: bool
+) -> list[Ready]:
+    if not jobs:
+        return []
     if len(jobs) == 1:
         params = insert_one_params(jobs[0], now, notify=notify)
         cursor = await conn.execute(q.INSERT_ONE, params)

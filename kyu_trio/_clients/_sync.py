@@ -227,6 +227,7 @@ class Client:
         scheduled_at: datetime | None = None,
         job_timeout: float | None = None,
         conn: psycopg.Connection[Any] | None = None,
+        unique_key: str | None = None,
     ) -> str:
         """Add a job and return its id; it is durable in PostgreSQL when this returns.
         The arguments are those of `Queue.enqueue`; ``conn`` is the caller's
@@ -244,6 +245,7 @@ class Client:
             max_retries=max_retries,
             scheduled_at=scheduled_at,
             job_timeout=job_timeout,
+            unique_key=unique_key,
         )
         return self.enqueue_many([request], conn=conn)[0]
 
@@ -268,20 +270,22 @@ class Client:
         if conn is not None:
             # Through the caller's connection: no pool, no push (the workers push at
             # the caller's COMMIT).
-            insert_in_transaction(conn, rows, now)
-            return [row.id for row in rows]
+            existing: dict[str, str] = {}
+            insert_in_transaction(conn, rows, now, existing)
+            return [existing.get(row.id, row.id) for row in rows]
         pool, client = self._connections()
         ids = [row.id for row in rows]
+        existing = {}
         try:
             with pool.connection() as conn:
                 try:
-                    ready = _insert_new(conn, rows, now)
+                    ready = _insert_new(conn, rows, now, existing=existing)
                 except psycopg.Error as exc:
                     raise _insert_error(self._pg._error(exc), ids) from None
         except psycopg.Error as exc:  # no connection: nothing was sent
             raise self._pg._error(exc) from None
         self._push(client, ready)
-        return ids
+        return [existing.get(i, i) for i in ids]
 
     def _push(self, client: redis.Redis, ready: list[Ready]) -> None:
         if not ready:

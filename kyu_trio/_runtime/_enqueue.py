@@ -18,8 +18,11 @@ from ._service import Context
 ENQUEUE_RETRY_LIMIT = 5.0
 
 
-async def insert_and_push(ctx: Context, new_jobs: list[NewJob], now: datetime) -> None:
-    """Insert ``new_jobs`` (durable on return) and push those due now to the broker."""
+async def insert_and_push(ctx: Context, new_jobs: list[NewJob], now: datetime) -> list[str]:
+    """Insert ``new_jobs`` (durable on return) and push those due now to the broker;
+    return the id of each: its own, or that of the unfinished job holding its
+    `unique_key` (then nothing was written for it)."""
+    existing: dict[str, str] = {}
     push_failed: list[KyuConnectionError] = []
 
     def push(ready: list[Ready]) -> None:
@@ -33,16 +36,19 @@ async def insert_and_push(ctx: Context, new_jobs: list[NewJob], now: datetime) -
             push_failed.append(exc)
 
     try:
-        ready = await ctx.store.insert_jobs(new_jobs, now, after_commit=push)
+        ready = await ctx.store.insert_jobs(new_jobs, now, after_commit=push, existing=existing)
     except ServerError:
         raise  # an error reply: nothing was written
     except KyuConnectionError as exc:
-        ready = await _insert_again(ctx, new_jobs, now, push, exc)
+        existing.clear()  # filled again by the repeated insert
+        ready = await _insert_again(ctx, new_jobs, now, push, exc, existing)
     if push_failed:
         ctx.push_failed(len(ready), push_failed[0])
-    ctx.metrics.jobs_total.inc(len(new_jobs))
+    ctx.metrics.jobs_total.inc(len(new_jobs) - len(existing))
     if ctx.log.isEnabledFor(logging.DEBUG):
         for job in new_jobs:
+            if job.id in existing:
+                continue
             ctx.log.debug(
                 "job %s enqueued as %s (type=%s)",
                 job.id,
@@ -55,14 +61,17 @@ async def insert_and_push(ctx: Context, new_jobs: list[NewJob], now: datetime) -
                     "kyu_event": "enqueued",
                 },
             )
+    return [existing.get(job.id, job.id) for job in new_jobs]
 
 
 async def insert_in_transaction(
     ctx: Context, conn: Any, new_jobs: list[NewJob], now: datetime
-) -> None:
+) -> list[str]:
     """Write ``new_jobs`` through the caller's psycopg ``conn``, inside its transaction,
-    never committing it. Nothing is pushed: the row's trigger tells the serving workers
-    at the caller's COMMIT (and nothing at all on a rollback)."""
+    never committing it; return their ids as `insert_and_push` does. Nothing is pushed:
+    the row's trigger tells the serving workers at the caller's COMMIT (and nothing at
+    all on a rollback)."""
+    existing: dict[str, str] = {}
     from .._store._postgres import PostgresStore, insert_in_transaction
 
     if not isinstance(ctx.store, PostgresStore):
@@ -71,7 +80,7 @@ async def insert_in_transaction(
         )
     # Not abandoned on cancel: the connection is the caller's, and must not be in use
     # by a thread of ours once enqueue has returned or raised. The wait is one insert.
-    await trio.to_thread.run_sync(insert_in_transaction, conn, new_jobs, now)
+    await trio.to_thread.run_sync(insert_in_transaction, conn, new_jobs, now, existing)
     # jobs_total is not counted: the caller may yet roll back.
     if ctx.log.isEnabledFor(logging.DEBUG):
         for job in new_jobs:
@@ -81,6 +90,7 @@ async def insert_in_transaction(
                 job.job_type,
                 extra={"job_id": job.id, "job_type": job.job_type, "kyu_event": "enqueued"},
             )
+    return [existing.get(job.id, job.id) for job in new_jobs]
 
 
 async def _insert_again(
@@ -89,6 +99,7 @@ async def _insert_again(
     now: datetime,
     push: Callable[[list[Ready]], None],
     exc: KyuConnectionError,
+    existing: dict[str, str],
 ) -> list[Ready]:
     """The insert failed with its outcome unknown: PostgreSQL may have committed it and
     only the answer been lost. Repeat it with the same ids (which never writes a row
@@ -100,8 +111,11 @@ async def _insert_again(
             await trio.sleep(delay)
             delay = min(delay * 2, 1.0)
             try:
-                return await ctx.store.insert_jobs(new_jobs, now, after_commit=push, again=True)
+                return await ctx.store.insert_jobs(
+                    new_jobs, now, after_commit=push, again=True, existing=existing
+                )
             except KyuConnectionError as again:
+                existing.clear()
                 exc = again
     listed = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
     raise EnqueueOutcomeUnknown(

@@ -13,6 +13,7 @@ import trio
 
 from .._errors import KyuError, UnknownJobType, require_extra
 from .._job import Job
+from .._snooze import Backoff
 
 #: A job's code: called with the decoded JSON payload, returning the job's result (a JSON
 #: value, or None); ``async def`` (run in the worker task), plain ``def`` (run in a
@@ -50,6 +51,10 @@ def current_job() -> Job:
 class HandlerSpec:
     fn: Handler
     kind: HandlerKind
+    #: Snoozes allowed per job (None: unlimited); see `Snooze`.
+    max_snoozes: int | None = None
+    #: Replaces the queue's exponential retry policy for this job type.
+    backoff: Backoff | None = None
 
 
 def handler_kind(fn: Handler, *, asyncio: bool) -> HandlerKind:

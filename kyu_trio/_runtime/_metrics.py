@@ -48,7 +48,7 @@ HELP = {
         "Runs that this process's workers finished and recorded, by outcome: completed; "
         "failed (a retry is scheduled); dead (no retry left, also counting jobs this "
         "process's reaper declared dead); requeued (put back at shutdown without spending "
-        "a retry)"
+        "a retry); snoozed (the handler raised Snooze)"
     ),
     "kyu_job_failures": (
         "Runs that this process's workers recorded as failed or dead (the handler raised, "
@@ -206,7 +206,7 @@ class Metrics:
         self.rescued = Count()
         self.resyncs = Count()
         self.sample: QueueSample | None = None
-        for status in ("completed", "failed", "dead", "requeued"):
+        for status in ("completed", "failed", "dead", "requeued", "snoozed"):
             self.tally.processed[status] = 0
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)
@@ -229,7 +229,7 @@ class Metrics:
         self.tally.observe_wait(self.job_type(job_type), max(wait, 0.0))
 
     def finished(self, job_type: str, status: str, duration: float) -> None:
-        """``status``: completed, failed (retry scheduled), dead or requeued."""
+        """``status``: completed, failed (retry scheduled), dead, requeued or snoozed."""
         self.tally.finished(self.job_type(job_type), status, duration)
 
     def lost(self, dead: int) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import traceback
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import attrs
 
@@ -82,17 +82,36 @@ def decide_failure(
     *,
     outcome: str | None = None,
     traceback: str | None = None,
+    delay: float | None = None,
 ) -> Failure:
     """Retry after backoff while retries remain (``max_retries=N`` allows N+1 runs), else dead.
 
     ``outcome`` is what the run's `Attempt` says: ``timed_out`` or ``lost``, or by default
-    ``failed`` (a retry is due) or ``dead``."""
+    ``failed`` (a retry is due) or ``dead``. ``delay`` (seconds), when given, is the
+    handler's own backoff and replaces the queue's ``policy``."""
     lease = Lease(job.id, job.attempt)
     if job.retry_count < job.max_retries:
-        due = policy.next_due(job.retry_count, now)
+        if delay is None:
+            due = policy.next_due(job.retry_count, now)
+        else:
+            due = now + timedelta(seconds=delay)
         status = JobStatus.FAILED
     else:
         due, status = None, JobStatus.DEAD
     if outcome is None:
         return Failure(lease, status, message, due, traceback=traceback)
     return Failure(lease, status, message, due, outcome=outcome, traceback=traceback)
+
+
+def decide_snooze(job: Job, seconds: float, now: datetime) -> Failure:
+    """The job goes back to ``scheduled``, due in ``seconds``, with its retries untouched."""
+    return Failure(
+        Lease(job.id, job.attempt),
+        JobStatus.SCHEDULED,
+        f"Snooze: snoozed for {seconds}s",
+        now + timedelta(seconds=seconds),
+    )
+
+
+def snooze_limit_message(max_snoozes: int) -> str:
+    return f"Snooze: snoozed more than max_snoozes={max_snoozes} times"

@@ -31,6 +31,7 @@ from .._errors import KyuConnectionError, KyuError, ServerError
 from .._job import Job, JobStatus
 from .._ports import Failure, Lease
 from .._retry import RetryPolicy
+from .._snooze import Snooze, backoff_seconds, snooze_of
 from .._text import indented_block, one_line
 from .._validation import encode_result
 from ._handlers import Registry
@@ -39,9 +40,11 @@ from ._outcomes import (
     Kind,
     Outcome,
     decide_failure,
+    decide_snooze,
     error_message,
     format_traceback,
     result_error_message,
+    snooze_limit_message,
     timeout_message,
 )
 from ._service import Context
@@ -433,7 +436,12 @@ class WorkerPool:
                         # No checkpoint since the handler returned: the deadline cannot
                         # have cancelled anything in between.
                         scope.deadline = math.inf
-                        outcome = self._finished(job, trio.current_time() - started, error, value)
+                        duration = trio.current_time() - started
+                        snooze = None if error is None else snooze_of(error)
+                        if snooze is not None:
+                            outcome = await self._snoozed(job, duration, snooze)
+                        else:
+                            outcome = self._finished(job, duration, error, value)
                     await self._send_outcome(out_send, outcome)
                     job = None
         except trio.Cancelled:
@@ -485,6 +493,56 @@ class WorkerPool:
             return self._result_refused(job, duration, str(exc))
         return Outcome(Kind.COMPLETE, job, duration, result=result)
 
+    async def _snoozed(self, job: Job, duration: float, snooze: Snooze) -> Outcome:
+        """The handler raised `Snooze`: back to scheduled, unless its handler's
+        ``max_snoozes`` is spent (then the run is a failure like any other)."""
+        spec = self._registry.handlers.get(job.job_type)
+        limit = spec.max_snoozes if spec is not None else None
+        if limit is not None and await self._snoozes_of(job) >= limit:
+            return self._failed(job, duration, snooze_limit_message(limit))
+        failure = decide_snooze(job, snooze.seconds, self._clock.now())
+        return Outcome(Kind.FAIL, job, duration, failure)
+
+    async def _snoozes_of(self, job: Job) -> int:
+        """How many times the job snoozed before this run, read from its attempt history
+        (only asked of handlers with ``max_snoozes``, so the hot path pays nothing).
+        Waits out an outage as recording does: the job heartbeats on meanwhile, and a
+        shutdown cancels the wait (the run is then requeued)."""
+        while True:
+            try:
+                stored = await self._store.get_job(job.id)
+            except KyuConnectionError as exc:
+                await self._record_outage.wait(exc)
+            else:
+                self._record_outage.recovered()
+                break
+        if stored is None:
+            return 0
+        return sum(1 for a in stored.attempts if a.outcome == "snoozed")
+
+    def _handler_delay(self, job: Job) -> float | None:
+        """The delay before the job's retry from its handler's ``backoff``, or None for
+        the queue's policy: no backoff, no retry left, or a backoff that raised or
+        returned no valid number of seconds (a bug that must not cost the job its retry;
+        logged as an error, with the queue's policy used instead)."""
+        spec = self._registry.handlers.get(job.job_type)
+        if spec is None or spec.backoff is None or job.retry_count >= job.max_retries:
+            return None
+        attempt = job.retry_count + 1
+        try:
+            return backoff_seconds(spec.backoff(attempt))
+        except Exception as exc:  # user code: any error is its bug, reported below
+            self._log.error(
+                "job %s: the backoff of job type %r failed for attempt %d (%s); "
+                "using the queue's retry policy instead",
+                job.id,
+                job.job_type,
+                attempt,
+                one_line(error_message(exc)),
+                exc_info=exc,
+            )
+            return None
+
     def _result_refused(self, job: Job, duration: float, reason: str) -> Outcome:
         """The handler returned a value that cannot be stored. The job is dead at once,
         with the reason as its error: a retry would run the handler's side effects again
@@ -503,7 +561,13 @@ class WorkerPool:
         outcome: str | None = None,
     ) -> Outcome:
         failure = decide_failure(
-            job, message, self._clock.now(), self._policy, outcome=outcome, traceback=traceback
+            job,
+            message,
+            self._clock.now(),
+            self._policy,
+            outcome=outcome,
+            traceback=traceback,
+            delay=self._handler_delay(job),
         )
         return Outcome(Kind.FAIL, job, duration, failure, traceback)
 
@@ -702,6 +766,8 @@ class WorkerPool:
                 assert o.failure is not None
                 if o.failure.status is JobStatus.DEAD:
                     self._log_outcome(o, "dead", logging.ERROR)
+                elif o.failure.status is JobStatus.SCHEDULED:
+                    self._log_outcome(o, "snoozed", logging.INFO)
                 else:
                     self._log_outcome(o, "failed", logging.WARNING)
         else:

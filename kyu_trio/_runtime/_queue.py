@@ -15,10 +15,11 @@ import trio
 
 from .._clock import Clock, SystemClock
 from .._config import Config
-from .._errors import JobNotFound, KyuConnectionError, KyuError, NotConnectedError
+from .._errors import ConfigError, JobNotFound, KyuConnectionError, KyuError, NotConnectedError
 from .._ids import new_job_ids
 from .._job import FINAL_STATES, EnqueueRequest, Job, JobStatus
 from .._ports import Broker, CancelOutcome, Store
+from .._snooze import Backoff, check_backoff, check_max_snoozes
 from .._stats import Stats
 from .._validation import (
     check_age,
@@ -114,32 +115,65 @@ class Queue:
 
     # ---- handlers --------------------------------------------------------------------
 
-    def register(self, job_type: str, fn: Handler, *, asyncio: bool = False) -> None:
+    def register(
+        self,
+        job_type: str,
+        fn: Handler,
+        *,
+        asyncio: bool = False,
+        max_snoozes: int | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
         """Run ``fn(payload)`` for jobs of ``job_type``; registering again replaces it.
 
         ``async def`` handlers run in the worker task, plain ``def`` handlers in a thread,
         and with ``asyncio=True`` an asyncio coroutine function runs through trio-asyncio.
 
+        ``max_snoozes`` caps how many times a job may `Snooze` (None: unlimited; counted
+        in the job's kept attempt history, so it must be below `Config.max_attempts_kept`).
+        ``backoff(attempt) -> seconds`` replaces the queue's exponential retry policy for
+        this job type: ``attempt`` counts the job's failures, this one included.
+
         Example::
 
             queue.register("resize", resize_image)
             queue.register("fetch", fetch_with_aiohttp, asyncio=True)
+            queue.register("sync", sync_crm, backoff=lambda attempt: 10.0 * attempt)
         """
         check_job_type(job_type)
-        self._registry.handlers[job_type] = HandlerSpec(fn, handler_kind(fn, asyncio=asyncio))
+        max_snoozes = check_max_snoozes(max_snoozes)
+        if max_snoozes is not None and max_snoozes >= self.config.max_attempts_kept:
+            raise ConfigError(
+                f"max_snoozes={max_snoozes} must be below Config.max_attempts_kept="
+                f"{self.config.max_attempts_kept}: snoozes are counted in the kept attempt "
+                "history; raise max_attempts_kept or lower max_snoozes"
+            )
+        self._registry.handlers[job_type] = HandlerSpec(
+            fn,
+            handler_kind(fn, asyncio=asyncio),
+            max_snoozes=max_snoozes,
+            backoff=check_backoff(backoff),
+        )
         self.metrics.forget_labels()
 
-    def handler(self, job_type: str, *, asyncio: bool = False) -> Callable[[H], H]:
+    def handler(
+        self,
+        job_type: str,
+        *,
+        asyncio: bool = False,
+        max_snoozes: int | None = None,
+        backoff: Backoff | None = None,
+    ) -> Callable[[H], H]:
         """Decorator form of `register`.
 
         Example::
 
-            @queue.handler("send_email")
+            @queue.handler("send_email", backoff=lambda attempt: 60.0)
             async def send_email(payload: str) -> None: ...
         """
 
         def decorate(fn: H) -> H:
-            self.register(job_type, fn, asyncio=asyncio)
+            self.register(job_type, fn, asyncio=asyncio, max_snoozes=max_snoozes, backoff=backoff)
             return fn
 
         return decorate
@@ -260,6 +294,7 @@ class Queue:
         scheduled_at: datetime | None = None,
         job_timeout: float | None = None,
         conn: psycopg.Connection[Any] | None = None,
+        unique_key: str | None = None,
     ) -> str:
         """Add a job and return its id. It is durable in PostgreSQL when this returns
         (with ``conn``: when the caller commits).
@@ -271,6 +306,8 @@ class Queue:
         (None = ``Config.default_job_timeout``). ``conn``: the caller's
         ``psycopg.Connection``: the job is written inside its current transaction, never
         committed by kyu-trio; it runs once the caller commits, never if they roll back.
+        ``unique_key``: while an unfinished job (pending, scheduled, running, failed) of
+        this queue holds the same key, nothing is written and that job's id is returned.
 
         Example::
 
@@ -285,6 +322,7 @@ class Queue:
                     max_retries=max_retries,
                     scheduled_at=scheduled_at,
                     job_timeout=job_timeout,
+                    unique_key=unique_key,
                 )
             ],
             conn=conn,
@@ -300,7 +338,8 @@ class Queue:
         """Add many jobs in one INSERT and one broker push; return their ids in order.
 
         Every item is validated first: one bad item rejects the call and writes nothing.
-        ``conn``: as for `enqueue`, for all the jobs.
+        ``conn``: as for `enqueue`, for all the jobs. A `unique_key` applies per item (a
+        key repeated in one call yields one job, whose id each of its items gets).
 
         Example::
 
@@ -315,12 +354,11 @@ class Queue:
             validate_request(item, config=self.config, now=now, job_id=job_id)
             for item, job_id in zip(items, new_job_ids(len(items)), strict=True)
         ]
+        if not new_jobs:
+            return []
         if conn is not None:
-            if new_jobs:
-                await insert_in_transaction(ctx, conn, new_jobs, now)
-        elif new_jobs:
-            await insert_and_push(ctx, new_jobs, now)
-        return [j.id for j in new_jobs]
+            return await insert_in_transaction(ctx, conn, new_jobs, now)
+        return await insert_and_push(ctx, new_jobs, now)
 
     # ---- looking and fixing ------------------------------------------------------------
 

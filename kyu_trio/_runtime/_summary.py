@@ -16,11 +16,11 @@ class RunSummary:
 
     ``ran``: the jobs whose run finished and was recorded in this call, in the order
     they finished, each as it was when claimed (status ``running``); ``completed``,
-    ``failed`` (a retry is due later) and ``dead`` count them by outcome, so they add up
-    to ``len(ran)``. ``requeued``: runs cut short by a cancellation and put back without
-    spending a retry. ``promoted``: due scheduled jobs and retries the scheduler pass
-    made ready. ``rescued``: jobs the reaper pass took back from lost workers (each then
-    failed with a retry due, or dead).
+    ``failed`` (a retry is due later), ``dead`` and ``snoozed`` (the handler raised
+    `Snooze`) count them by outcome, so they add up to ``len(ran)``. ``requeued``: runs
+    cut short by a cancellation and put back without spending a retry. ``promoted``: due
+    scheduled jobs and retries the scheduler pass made ready. ``rescued``: jobs the reaper
+    pass took back from lost workers (each then failed with a retry due, or dead).
 
     Example::
 
@@ -36,12 +36,13 @@ class RunSummary:
     requeued: int = 0
     promoted: int = 0
     rescued: int = 0
+    snoozed: int = 0
 
 
 def summarize(recorded: Iterable[Outcome], *, promoted: int, rescued: int) -> RunSummary:
     """The summary of the outcomes a draining pool recorded, in order."""
     ran: list[Job] = []
-    counts = {"completed": 0, "failed": 0, "dead": 0, "requeued": 0}
+    counts = {"completed": 0, "failed": 0, "dead": 0, "requeued": 0, "snoozed": 0}
     for outcome in recorded:
         if outcome.kind is Kind.REQUEUE:
             counts["requeued"] += 1
@@ -51,6 +52,8 @@ def summarize(recorded: Iterable[Outcome], *, promoted: int, rescued: int) -> Ru
             counts["completed"] += 1
         elif outcome.failure is not None and outcome.failure.status is JobStatus.DEAD:
             counts["dead"] += 1
+        elif outcome.failure is not None and outcome.failure.status is JobStatus.SCHEDULED:
+            counts["snoozed"] += 1
         else:
             counts["failed"] += 1
     return RunSummary(ran=tuple(ran), promoted=promoted, rescued=rescued, **counts)

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 import attrs
 import trio
 
-from .._job import READY_STATES, Attempt, Job, JobStatus
+from .._job import FINAL_STATES, READY_STATES, Attempt, Job, JobStatus
 from .._ports import CancelOutcome, CancelResult, Failure, Lease, NewJob, QueueStats, Ready
 from .._validation import decode_payload
 
@@ -29,6 +29,8 @@ class MemoryStore:
         self._seq: dict[str, int] = {}
         self._counter = itertools.count(1)
         self._attempts_kept = attempts_kept
+        # Job id -> its unique_key, for the jobs enqueued with one.
+        self._unique_keys: dict[str, str] = {}
         # Runs that did not complete, as PostgreSQL's kyu_attempts holds them.
         self._history: defaultdict[str, list[Attempt]] = defaultdict(list)
 
@@ -93,6 +95,7 @@ class MemoryStore:
         after_commit: Callable[[list[Ready]], None] | None = None,
         *,
         again: bool = False,
+        existing: dict[str, str] | None = None,
     ) -> list[Ready]:
         await trio.lowlevel.checkpoint()
         ready = []
@@ -101,6 +104,13 @@ class MemoryStore:
                 if earlier.status is JobStatus.PENDING:
                     ready.append(self._ready(earlier))
                 continue
+            if new.unique_key is not None:
+                holder = self._unique_holder(new.queue, new.unique_key)
+                if holder is not None:
+                    if existing is not None:
+                        existing[new.id] = holder
+                    continue
+                self._unique_keys[new.id] = new.unique_key
             job = Job(
                 id=new.id,
                 queue=new.queue,
@@ -126,6 +136,20 @@ class MemoryStore:
         if after_commit is not None:
             after_commit(ready)
         return ready
+
+    def _unique_holder(self, queue: str, key: str) -> str | None:
+        """The unfinished job of ``queue`` holding ``key`` (what PostgreSQL's partial
+        unique index of migration 005 enforces)."""
+        for job_id, held in self._unique_keys.items():
+            job = self.jobs.get(job_id)
+            if (
+                held == key
+                and job is not None
+                and job.queue == queue
+                and job.status not in FINAL_STATES
+            ):
+                return job_id
+        return None
 
     async def get_job(self, job_id: str) -> Job | None:
         await trio.lowlevel.checkpoint()
@@ -234,6 +258,10 @@ class MemoryStore:
                     job, status=JobStatus.DEAD, error_message=failure.error_message, updated_at=now
                 )
             assert failure.due is not None
+            if failure.status is JobStatus.SCHEDULED:  # a snooze: no retry spent
+                return attrs.evolve(
+                    job, status=JobStatus.SCHEDULED, scheduled_at=failure.due, updated_at=now
+                )
             return attrs.evolve(
                 job,
                 status=JobStatus.FAILED,

@@ -279,6 +279,7 @@ def insert_one_params(job: NewJob, now: datetime, *, notify: bool = False) -> di
         "job_timeout": job.job_timeout,
         "now": now,
         "needs_push": notify and job.status is JobStatus.PENDING,
+        "unique_key": job.unique_key,  # read by INSERT_UNIQUE and UNIQUE_HOLDER only
     }
 
 
@@ -303,11 +304,60 @@ def copy_row(job: NewJob, seq: int, now: datetime, *, notify: bool = False) -> t
 
 
 def _insert_new(
-    conn: psycopg.Connection[Any], jobs: Sequence[NewJob], now: datetime, *, notify: bool = False
+    conn: psycopg.Connection[Any],
+    jobs: Sequence[NewJob],
+    now: datetime,
+    *,
+    notify: bool = False,
+    existing: dict[str, str] | None = None,
 ) -> list[Ready]:
     """Write new rows; return the pending ones. On a pooled connection (autocommit) they
     are committed on return; with ``notify``, they are the caller's, in the caller's
-    transaction, and pushed by the serving workers when it commits."""
+    transaction, and pushed by the serving workers when it commits. A job whose
+    `unique_key` an unfinished job holds is not written: ``existing`` maps its id to
+    the holder's."""
+    if any(job.unique_key is not None for job in jobs):
+        # A savepoint inside the caller's transaction; on a pooled connection, one
+        # transaction, so that the batch is still written whole or not at all.
+        with conn.transaction():
+            return _insert_keyed(conn, jobs, now, notify, {} if existing is None else existing)
+    return _insert_plain(conn, jobs, now, notify=notify)
+
+
+def _insert_keyed(
+    conn: psycopg.Connection[Any],
+    jobs: Sequence[NewJob],
+    now: datetime,
+    notify: bool,
+    existing: dict[str, str],
+) -> list[Ready]:
+    """`_insert_new` for a batch where some jobs carry a `unique_key`: COPY cannot skip a
+    conflicting row, so those take one INSERT ... ON CONFLICT DO NOTHING each (the
+    jobs without a key keep the fast path). A key repeated in the batch conflicts with
+    the batch's own earlier row, which this transaction sees: one job per key."""
+    ready = _insert_plain(conn, [j for j in jobs if j.unique_key is None], now, notify=notify)
+    for job in jobs:
+        if job.unique_key is None:
+            continue
+        params = insert_one_params(job, now, notify=notify)
+        while True:
+            row = conn.execute(q.INSERT_UNIQUE, params).fetchone()
+            if row is not None:
+                if job.status is JobStatus.PENDING:
+                    ready.append(Ready(job.id, job.priority, row[0]))
+                break
+            holder = conn.execute(q.UNIQUE_HOLDER, params).fetchone()
+            if holder is not None:
+                existing[job.id] = holder[0]
+                break
+            # The holder finished between the two statements: the key is free again.
+    return ready
+
+
+def _insert_plain(
+    conn: psycopg.Connection[Any], jobs: Sequence[NewJob], now: datetime, *, notify: bool = False
+) -> list[Ready]:
+    """`_insert_new` for jobs without a `unique_key`: one INSERT, or one COPY."""
     if not jobs:
         return []
     if len(jobs) == 1:
@@ -419,10 +469,14 @@ def schema_found(conn: object) -> None:
 
 
 def insert_in_transaction(
-    conn: psycopg.Connection[Any], jobs: Sequence[NewJob], now: datetime
+    conn: psycopg.Connection[Any],
+    jobs: Sequence[NewJob],
+    now: datetime,
+    existing: dict[str, str] | None = None,
 ) -> None:
     """Write ``jobs`` through the caller's ``conn``, in its current transaction, never
-    committing it: the workers push them when (if) the caller commits. Blocking."""
+    committing it: the workers push them when (if) the caller commits. Blocking.
+    ``existing``: as for `_insert_new`."""
     problem = caller_conn_problem(conn, psycopg.Connection)
     if problem is not None:
         raise problem
@@ -432,7 +486,7 @@ def insert_in_transaction(
             if not (row and row[0]):
                 raise schema_missing(conn)
             schema_found(conn)
-        _insert_new(conn, jobs, now, notify=True)
+        _insert_new(conn, jobs, now, notify=True, existing=existing)
     except psycopg.Error as exc:
         raise map_error(exc, caller_address(conn)) from None
 
@@ -651,6 +705,7 @@ class PostgresStore:
         after_commit: Callable[[list[Ready]], None] | None = None,
         *,
         again: bool = False,
+        existing: dict[str, str] | None = None,
     ) -> list[Ready]:
         def insert(conn: psycopg.Connection[Any]) -> list[Ready]:
             earlier: list[Ready] = []
@@ -666,7 +721,7 @@ class PostgresStore:
                     for job in jobs
                     if found.get(job.id, ("",))[0] == JobStatus.PENDING.value
                 ]
-            ready = earlier + _insert_new(conn, todo, now)
+            ready = earlier + _insert_new(conn, todo, now, existing=existing)
             if after_commit is not None:
                 after_commit(ready)  # autocommit: the rows are committed
             return ready

@@ -60,13 +60,36 @@ VALUES (%(id)s, %(queue)s, %(job_type)s, %(payload)s, %(status)s, %(priority)s,
 RETURNING seq
 """
 
+# A job with a `unique_key`: written unless an unfinished job of its queue holds the
+# key (the partial unique index of migration 005 decides, so concurrent enqueues from
+# any number of processes write one row). No row back: it was not written, and
+# `UNIQUE_HOLDER` names the job that holds the key. A holder still uncommitted in
+# another transaction makes this wait for that transaction's end.
+INSERT_UNIQUE = """
+INSERT INTO kyu_jobs (id, queue, job_type, payload, status, priority, scheduled_at,
+                      max_retries, job_timeout, created_at, updated_at, needs_push, unique_key)
+VALUES (%(id)s, %(queue)s, %(job_type)s, %(payload)s, %(status)s, %(priority)s,
+        %(scheduled_at)s, %(max_retries)s, %(job_timeout)s, %(now)s, %(now)s,
+        %(needs_push)s, %(unique_key)s)
+ON CONFLICT (queue, unique_key)
+    WHERE unique_key IS NOT NULL AND status IN ('pending', 'scheduled', 'running', 'failed')
+    DO NOTHING
+RETURNING seq
+"""
+
+UNIQUE_HOLDER = """
+SELECT id::text FROM kyu_jobs
+WHERE queue = %(queue)s AND unique_key = %(unique_key)s
+  AND status IN ('pending', 'scheduled', 'running', 'failed')
+"""
+
 # Before the first enqueue through a caller's connection: does its database have the
-# schema that enqueue needs (version 4's needs_push)? A query that cannot fail: a failed
-# one would abort the caller's transaction.
+# schema that enqueue needs (version 5's unique_key)? A query that cannot fail: a
+# failed one would abort the caller's transaction.
 SCHEMA_READY = """
 SELECT EXISTS (
     SELECT 1 FROM pg_attribute
-    WHERE attrelid = to_regclass('kyu_jobs') AND attname = 'needs_push' AND NOT attisdropped
+    WHERE attrelid = to_regclass('kyu_jobs') AND attname = 'unique_key' AND NOT attisdropped
 )
 """
 
@@ -168,7 +191,9 @@ WITH ended AS (
     SET status = t.status,
         scheduled_at = coalesce(t.due, j.scheduled_at),
         retry_count = j.retry_count + CASE WHEN t.status = 'failed' THEN 1 ELSE 0 END,
-        error_message = t.message,
+        -- A snooze (back to 'scheduled') is no error: the job keeps its last one.
+        error_message = CASE WHEN t.status = 'scheduled' THEN j.error_message
+                             ELSE t.message END,
         updated_at = %(now)s
     FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(statuses)s::text[],
                 %(due)s::timestamptz[], %(messages)s::text[], %(outcomes)s::text[],

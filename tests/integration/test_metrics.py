@@ -24,7 +24,7 @@ EXPECTED_HELP = {
         "Runs that this process's workers finished and recorded, by outcome: completed; "
         "failed (a retry is scheduled); dead (no retry left, also counting jobs this "
         "process's reaper declared dead); requeued (put back at shutdown without spending "
-        "a retry)"
+        "a retry); snoozed (the handler raised Snooze)"
     ),
     "kyu_job_failures": (
         "Runs that this process's workers recorded as failed or dead (the handler raised, "

@@ -18,7 +18,7 @@ def busy_metrics() -> Metrics:
     """Metrics with a sample in every kyu_ family, each label set included."""
     m = Metrics("kyu:orders", "9.9.9", lambda job_type: job_type == "known")
     m.jobs_total.inc(3)
-    for status in ("completed", "failed", "dead", "requeued"):
+    for status in ("completed", "failed", "dead", "requeued", "snoozed"):
         m.started("known", 0.01)
         m.finished("known", status, 0.2)
     m.started("other", 0.5)

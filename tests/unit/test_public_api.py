@@ -40,6 +40,7 @@ def test_all_is_pinned() -> None:
         "RunSummary",
         "SchemaError",
         "ServerError",
+        "Snooze",
         "Stats",
         "Store",
         "SystemClock",
