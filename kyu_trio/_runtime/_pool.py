@@ -372,10 +372,16 @@ class WorkerPool:
                 await self._restore(popped)
             raise
         outage.recovered()
+        # A row running under our id that we already hold was claimed before, through
+        # another copy of its id (the sweep may push an id twice): it is not this claim's,
+        # and running it again would run one claim twice. Its copy is simply dropped.
+        claimed = [job for job in claimed if job.id not in self._held]
         taken = {job.id for job in claimed}
         # Shielded: from here the taken rows are ours and must reach the workers.
         with trio.CancelScope(shield=True):
-            await self._restore({i: s for i, s in popped.items() if i not in taken})
+            await self._restore(
+                {i: s for i, s in popped.items() if i not in taken and i not in self._held}
+            )
         if claimed:
             self._log.warning(
                 "a claim's answer was lost, but PostgreSQL had committed it: running its %d jobs",

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import trio
 
-from kyu_trio import JobStatus, KyuConnectionError
+from kyu_trio import JobStatus, KyuConnectionError, current_job
+from kyu_trio._ports import Ready
 from kyu_trio._runtime._pool import CLEANUP_LIMIT, WorkerPool
 
 from .conftest import Harness
@@ -350,3 +351,48 @@ async def test_shutdown_is_bounded_when_a_claim_never_answers(
             queue.shutdown()
         assert trio.current_time() - t0 <= 2.0 + CLEANUP_LIMIT + 1
         assert list(await harness.broker.pop(queue.config.queue_name, 5)) == [job_id]
+
+
+async def test_a_lost_claim_never_reruns_a_job_this_worker_already_holds(
+    autojump_clock: Any, harness: Harness
+) -> None:
+    # Found by the fault suite (postgres-down-3s): an id pushed twice was claimed by one
+    # claim; a later claim of its second copy lost its answer, the read-back found the row
+    # running under this worker's id, and the job ran a second time under the same attempt.
+    queue = harness.queue(workers=4)
+    real_claim = harness.store.claim_jobs
+    runs: list[int] = []
+    release = trio.Event()
+    holding = trio.Event()
+    lose_next = [False]
+
+    async def claim(*args: Any) -> Any:
+        claimed = await real_claim(*args)
+        if lose_next[0]:
+            lose_next.clear()
+            raise KyuConnectionError("PostgreSQL at db:5432 is unreachable or went away")
+        return claimed
+
+    harness.store.claim_jobs = claim  # type: ignore[method-assign]
+
+    @queue.handler("t")
+    async def t(payload: str) -> None:
+        runs.append(current_job().attempt)
+        holding.set()
+        await release.wait()
+
+    async with queue:
+        job_id = await queue.enqueue("t", "")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(queue.serve)
+            await holding.wait()
+            # A second copy of the running job's id, whose claim loses its answer.
+            lose_next[0] = True
+            await harness.broker.push(queue.config.queue_name, [Ready(job_id, 0, 10**9)])
+            await trio.sleep(5)
+            release.set()
+            await trio.sleep(1)
+            queue.shutdown()
+        job = await queue.inspect(job_id)
+    assert runs == [1]
+    assert job.status is JobStatus.COMPLETED
