@@ -511,7 +511,9 @@ class _Waiting:
                     pubsub = None
                     subscribed.clear()
                     ids = []
-                    time.sleep(TICK)
+                # Unsubscribed (Redis away, or nothing to wait for yet): pause a tick, and
+                # wake at once for new waiters or close() (never a plain sleep: close()
+                # must not wait it out).
                 if not subscribed:
                     self._work.wait(TICK)
                     self._work.clear()
