@@ -22,6 +22,7 @@ from ._clock import Clock as Clock
 from ._clock import SystemClock as SystemClock
 from ._clock import TrioClock as TrioClock
 from ._config import Config as Config
+from ._cron import CronState as CronState
 from ._errors import CommandError as CommandError
 from ._errors import ConfigError as ConfigError
 from ._errors import EnqueueOutcomeUnknown as EnqueueOutcomeUnknown
@@ -64,6 +65,7 @@ __all__ = [
     "CommandError",
     "Config",
     "ConfigError",
+    "CronState",
     "EnqueueOutcomeUnknown",
     "EnqueueRequest",
     "Handler",

@@ -116,6 +116,26 @@ def _fraction(_inst: Any, attr: attrs.Attribute[Any], value: object) -> None:
         raise ConfigError(f"{attr.name} must be a number between 0 and 10, got {shown(value)}")
 
 
+# ---- retention (docs/how-to/retention.md) ----
+
+#: Longest retention: 100 years. The pruner computes ``now - retention``, which must stay
+#: far from datetime's year 1 (an OverflowError in the leader otherwise).
+MAX_RETENTION = 100 * 365.25 * 86400
+
+
+def _retention(_inst: Any, attr: attrs.Attribute[Any], value: object) -> None:
+    ok = value is None or (
+        not isinstance(value, bool)
+        and isinstance(value, int | float)
+        and 0 < value <= MAX_RETENTION  # False for NaN; no float() of a huge int
+    )
+    if not ok:
+        raise ConfigError(
+            f"{attr.name} must be a number of seconds > 0 and at most {MAX_RETENTION:.0f} "
+            f"(100 years), or None to keep those jobs forever, got {shown(value)}"
+        )
+
+
 @attrs.frozen(kw_only=True)
 class Config:
     """Settings of a `Queue`. Every field has a default; durations are in seconds.
@@ -145,6 +165,10 @@ class Config:
     heartbeat_interval: float = attrs.field(default=5.0, validator=_seconds())
     scheduler_interval: float = attrs.field(default=5.0, validator=_seconds())
     reaper_interval: float = attrs.field(default=60.0, validator=_seconds())
+    #: How often a process that does not lead the queue's maintenance asks for the lease,
+    #: and how long a lease lasts unrenewed (its holder renews it three times as often):
+    #: the role passes from a leader that died or lost PostgreSQL within two of these.
+    leader_interval: float = attrs.field(default=5.0, validator=_seconds())
     default_job_timeout: float = attrs.field(default=30.0, validator=_seconds())
     max_backoff: float = attrs.field(default=3600.0, validator=_seconds())
     retry_jitter: float = attrs.field(default=0.0, validator=_fraction)
@@ -166,6 +190,12 @@ class Config:
     synchronous_commit: bool = True
     #: Include payloads in log lines (off: payloads often hold personal data).
     log_payloads: bool = False
+    #: Seconds a finished job is kept, by its final status, before the queue's maintenance
+    #: leader deletes it (None: kept forever). Counted from ``completed_at`` for completed
+    #: jobs, from the last change (``updated_at``) for cancelled and dead ones.
+    retention_completed: float | None = attrs.field(default=7 * 86400.0, validator=_retention)
+    retention_cancelled: float | None = attrs.field(default=7 * 86400.0, validator=_retention)
+    retention_dead: float | None = attrs.field(default=30 * 86400.0, validator=_retention)
     logger: logging.Logger = attrs.field(default=_DEFAULT_LOGGER, repr=False)
 
     def __attrs_post_init__(self) -> None:

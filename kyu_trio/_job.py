@@ -104,6 +104,8 @@ class Job:
     heartbeat_at: datetime | None = None
     result: Any = None
     attempts: tuple[Attempt, ...] = ()
+    #: The key it was enqueued with (see unique jobs), else None.
+    unique_key: str | None = None
 
 
 @attrs.frozen

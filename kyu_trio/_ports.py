@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 
 from ._job import Job, JobStatus
+
+if TYPE_CHECKING:
+    from ._cron import CronEntry, CronState
 
 
 @attrs.frozen
@@ -72,6 +75,30 @@ class Failure:
         default=attrs.Factory(_default_outcome, takes_self=True), kw_only=True
     )
     traceback: str | None = attrs.field(default=None, kw_only=True)
+
+
+@attrs.frozen
+class Fence:
+    """The maintenance lease as held: its holder and its term, which grows each time the
+    lease changes holder. A fenced write is conditional on both still being current, so a
+    deposed leader's late write changes nothing.
+
+    Example::
+
+        fence = await store.lead("kyu:default", worker_id, now, ttl=5.0)
+    """
+
+    holder: str
+    term: int
+
+
+@attrs.frozen
+class LeaderInfo:
+    """Who holds a queue's maintenance lease, and until when."""
+
+    holder: str
+    term: int
+    expires_at: datetime
 
 
 @attrs.frozen
@@ -249,6 +276,62 @@ class Store(Protocol):
         self, queue: str, statuses: Sequence[JobStatus], before: datetime, limit: int
     ) -> int:
         """Delete up to ``limit`` jobs in ``statuses`` last updated before ``before``."""
+        ...
+
+    async def lead(self, queue: str, holder: str, now: datetime, ttl: float) -> Fence | None:
+        """Take the queue's maintenance lease if it is free or expired, or renew it if
+        ``holder`` has it, until ``now + ttl``; return it as held, or None if another
+        holder's lease runs. The term grows only when the holder changes. One statement:
+        of many processes asking at once, one gets it."""
+        ...
+
+    async def resign(self, queue: str, fence: Fence) -> None:
+        """Give the lease up at once (a graceful stop), if ``fence`` still holds it."""
+        ...
+
+    async def leader(self, queue: str) -> LeaderInfo | None:
+        """The queue's lease as recorded (possibly expired); None if never taken."""
+        ...
+
+    # ---- retention (the pruner) ----
+
+    async def prune(self, queue: str, status: JobStatus, before: datetime, limit: int) -> int:
+        """Delete up to ``limit`` of the queue's jobs in the final ``status`` that finished
+        before ``before`` (``completed_at`` for completed jobs, ``updated_at`` for dead and
+        cancelled ones), oldest first, with their attempt history; return how many. One
+        statement; rows another statement holds are skipped, never waited for."""
+        ...
+
+    # ---- cron: periodic jobs (kyu_cron) ----
+
+    async def sync_cron(
+        self, queue: str, entries: Sequence[CronEntry], now: datetime, fence: Fence
+    ) -> bool:
+        """Record the entries the leader registers: a new one starts at its
+        `initial_tick`, a changed one keeps its last tick, and rows of the queue not
+        among ``entries`` are marked unregistered. Fenced; False (nothing written) if
+        ``fence`` is not the queue's lease."""
+        ...
+
+    async def fire_cron(
+        self,
+        queue: str,
+        name: str,
+        expected: datetime,
+        tick: datetime,
+        job: NewJob | None,
+        fence: Fence,
+        now: datetime,
+    ) -> list[Ready] | None:
+        """Move entry ``name``'s last tick from ``expected`` to ``tick`` and insert
+        ``job`` (None: a skipped tick, no job), in one statement, fenced; return what to
+        push (``job`` as `Ready`). None when nothing was written: the last tick is no
+        longer ``expected`` (another leader, or an earlier attempt, fired it) or the
+        lease is gone. So each tick is written once, however often it is tried."""
+        ...
+
+    async def cron_states(self, queue: str) -> list[CronState]:
+        """The queue's cron entries as recorded, by name."""
         ...
 
 

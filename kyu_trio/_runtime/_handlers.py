@@ -11,7 +11,8 @@ from typing import Any, Literal
 import attrs
 import trio
 
-from .._errors import KyuError, UnknownJobType, require_extra
+from .._cron import CronEntry
+from .._errors import ConfigError, KyuError, UnknownJobType, require_extra
 from .._job import Job
 from .._snooze import Backoff
 
@@ -78,6 +79,8 @@ class Registry:
     def __init__(self) -> None:
         self.handlers: dict[str, HandlerSpec] = {}
         self.middleware: list[Middleware] = []
+        #: Periodic jobs (`Queue.cron`), in registration order; names are unique.
+        self.cron: list[CronEntry] = []
 
     @property
     def needs_asyncio(self) -> bool:
@@ -88,6 +91,15 @@ class Registry:
             return self.handlers[job_type]
         except KeyError:
             raise UnknownJobType(job_type) from None
+
+    def register_cron(self, entry: CronEntry) -> None:
+        """Add a periodic job; `ConfigError` if one of the same name is registered."""
+        if any(known.name == entry.name for known in self.cron):
+            raise ConfigError(
+                f"a cron entry named {entry.name!r} is already registered on this queue: "
+                "give each entry its own name= (it defaults to the job type)"
+            )
+        self.cron.append(entry)
 
     async def execute(self, job: Job, threads: trio.CapacityLimiter | None = None) -> Any:
         """Run ``job`` through the middleware chain and its handler, with `current_job` set;

@@ -34,7 +34,8 @@ _WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
 _V = TypeVar("_V")
 
 _SAMPLED = (
-    "sampled by this process every metrics_sample_interval; absent until a sample succeeds "
+    "sampled every metrics_sample_interval by the process that leads the queue's "
+    "maintenance (see kyu_leader), and exported by it alone; absent until a sample succeeds "
     "and after one fails (see kyu_up)"
 )
 
@@ -80,6 +81,11 @@ HELP = {
         "Times this process refilled Redis from PostgreSQL (Redis was new, flushed or "
         "restarted empty)"
     ),
+    "kyu_jobs_pruned": (
+        "Finished jobs that this process deleted, as the queue's maintenance leader, once "
+        "they were older than their retention (Config.retention_completed, "
+        "retention_cancelled, retention_dead), by status"
+    ),
     "kyu_queue_depth": f"Job ids of the whole queue waiting in Redis; {_SAMPLED}",
     "kyu_queue_lag_seconds": (
         "Age of the whole queue's oldest due job that no worker has started, 0 when none "
@@ -87,8 +93,14 @@ HELP = {
     ),
     "kyu_jobs_by_status": f"Jobs of the whole queue in PostgreSQL, by status; {_SAMPLED}",
     "kyu_up": (
-        "1 when this process's last sample of the queue (every metrics_sample_interval) "
-        f"reached PostgreSQL and Redis within {SAMPLE_LIMIT:g} s, else 0"
+        "1 when this process's last check (every metrics_sample_interval: the queue-wide "
+        f"sample on the leader, a ping elsewhere) reached PostgreSQL and Redis within "
+        f"{SAMPLE_LIMIT:g} s, else 0"
+    ),
+    "kyu_leader": (
+        "1 while this process leads the queue's maintenance (promotion of due jobs, "
+        "rescue, the Redis sweep, cron, pruning, and the queue-wide samples), else 0; "
+        "sum by queue is 1 when all is well"
     ),
     "kyu_info": "Always 1: the kyu-trio version of this process and the queue it serves",
 }
@@ -202,10 +214,15 @@ class Metrics:
         self.jobs_total = Count()
         self.tally = JobTally()
         self.running = Level()
+        self.leader = Level()
         self.promoted = Count()
         self.rescued = Count()
         self.resyncs = Count()
+        #: Finished jobs the pruner deleted, by status (kyu_jobs_pruned).
+        self.pruned: dict[str, int] = dict.fromkeys(("completed", "cancelled", "dead"), 0)
         self.sample: QueueSample | None = None
+        #: Whether the last check (a sample, or a follower's ping) reached both servers.
+        self.up = False
         for status in ("completed", "failed", "dead", "requeued", "snoozed"):
             self.tally.processed[status] = 0
         self.registry = CollectorRegistry(auto_describe=True)
@@ -261,13 +278,15 @@ class Metrics:
         yield _counter("kyu_scheduler_promoted", q, {(): self.promoted.value})
         yield _counter("kyu_reaper_rescued", q, {(): self.rescued.value})
         yield _counter("kyu_redis_resyncs", q, {(): self.resyncs.value})
+        yield _counter("kyu_jobs_pruned", q, _keyed(self.pruned), "status")
         sample = self.sample
         yield _gauge("kyu_queue_depth", q, {} if sample is None else {(): sample.depth})
         yield _gauge("kyu_queue_lag_seconds", q, {} if sample is None else {(): sample.lag})
         yield _gauge(
             "kyu_jobs_by_status", q, {} if sample is None else _keyed(sample.by_status), "status"
         )
-        yield _gauge("kyu_up", q, {(): 0 if sample is None else 1})
+        yield _gauge("kyu_up", q, {(): 1 if self.up else 0})
+        yield _gauge("kyu_leader", q, {(): self.leader.get()})
         yield _gauge("kyu_info", q, {(self.version,): 1}, "version")
 
 

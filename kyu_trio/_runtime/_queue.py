@@ -15,6 +15,7 @@ import trio
 
 from .._clock import Clock, SystemClock
 from .._config import Config
+from .._cron import CronState, new_cron_entry
 from .._errors import ConfigError, JobNotFound, KyuConnectionError, KyuError, NotConnectedError
 from .._ids import new_job_ids
 from .._job import FINAL_STATES, EnqueueRequest, Job, JobStatus
@@ -177,6 +178,109 @@ class Queue:
             return fn
 
         return decorate
+
+    # ---- periodic jobs (cron) -----------------------------------------------------------
+
+    def cron(
+        self,
+        schedule: str,
+        job_type: str,
+        payload: Any = None,
+        *,
+        name: str | None = None,
+        timezone: str = "UTC",
+        priority: int = 0,
+        max_retries: int = 3,
+        job_timeout: float | None = None,
+        missed: str = "run_once",
+    ) -> None:
+        """Enqueue a ``job_type`` job with ``payload`` at every tick of ``schedule``, while
+        at least one process serves the queue: one job per tick, however many serve it.
+
+        ``schedule``: 5 cron fields (minute hour day-of-month month day-of-week), 6 with
+        the second first (``"*/10 * * * * *"``), or ``@hourly``, ``@daily``, ... Ticks
+        follow ``timezone`` (an IANA name), daylight-saving changes included. ``name``
+        (default: ``job_type``) identifies the entry; two entries of one queue may not
+        share one. ``missed``: a tick that fell while no process served the queue runs
+        once when serving resumes (``"run_once"``), or not at all if found more than a
+        minute late (``"skip"``); earlier missed ticks never run. The other arguments
+        are `enqueue`'s. Register the same entries in every process: the maintenance
+        leader's are the ones that fire.
+
+        Example::
+
+            queue.cron("0 3 * * *", "nightly_report", {"full": True}, timezone="Europe/Paris")
+            queue.cron("*/5 * * * *", "sync_crm", name="sync-crm-every-5-min")
+        """
+        entry = new_cron_entry(
+            schedule,
+            job_type,
+            payload,
+            name=name,
+            timezone=timezone,
+            priority=priority,
+            max_retries=max_retries,
+            job_timeout=job_timeout,
+            missed=missed,
+            max_payload_bytes=self.config.max_payload_bytes,
+        )
+        self._registry.register_cron(entry)
+
+    def periodic(
+        self,
+        schedule: str,
+        job_type: str,
+        payload: Any = None,
+        *,
+        name: str | None = None,
+        timezone: str = "UTC",
+        priority: int = 0,
+        max_retries: int = 3,
+        job_timeout: float | None = None,
+        missed: str = "run_once",
+        asyncio: bool = False,
+        max_snoozes: int | None = None,
+        backoff: Backoff | None = None,
+    ) -> Callable[[H], H]:
+        """Decorator: register the function as the handler of ``job_type`` (as `handler`)
+        and run it on ``schedule`` (as `cron`, with the same arguments).
+
+        Example::
+
+            @queue.periodic("0 * * * *", "hourly_cleanup")
+            async def hourly_cleanup(payload: None) -> None: ...
+        """
+        entry = new_cron_entry(
+            schedule,
+            job_type,
+            payload,
+            name=name,
+            timezone=timezone,
+            priority=priority,
+            max_retries=max_retries,
+            job_timeout=job_timeout,
+            missed=missed,
+            max_payload_bytes=self.config.max_payload_bytes,
+        )
+
+        def decorate(fn: H) -> H:
+            self.register(job_type, fn, asyncio=asyncio, max_snoozes=max_snoozes, backoff=backoff)
+            self._registry.register_cron(entry)
+            return fn
+
+        return decorate
+
+    async def cron_entries(self) -> list[CronState]:
+        """This queue's periodic jobs as the database records them (name, schedule,
+        timezone, job type, last tick, whether the leader registers them), by name; what
+        ``kyu-trio cron`` lists.
+
+        Example::
+
+            for state in await queue.cron_entries():
+                print(state.name, state.last_tick, state.next_run(datetime.now(UTC)))
+        """
+        return await self._context().store.cron_states(self.config.queue_name)
 
     def use(self, middleware: Middleware) -> None:
         """Wrap every job in ``middleware(job, call_next)``; the first registered is outermost.

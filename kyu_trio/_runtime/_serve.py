@@ -15,16 +15,21 @@ import trio
 
 from .._config import Config
 from .._errors import KyuConnectionError, KyuError
+from .._ports import Fence
 from .._retry import RetryPolicy
 from .._store._postgres import PostgresStore
+from ._cron import CronService
 from ._handlers import Registry
 from ._http import Response, Route, open_http_listeners, serve_http
+from ._leader import LeaderService, Leadership
 from ._listener import EnqueueListener
+from ._outage import Outage
 from ._pool import WorkerPool
+from ._pruner import Pruner
 from ._reaper import Reaper
 from ._sampler import Sampler
 from ._scheduler import Scheduler
-from ._service import Context
+from ._service import Context, ticker
 from ._summary import RunSummary, summarize
 
 READY_CHECK_LIMIT = 2.0
@@ -73,6 +78,27 @@ class Runtime:
             policy=RetryPolicy(config.max_backoff, config.retry_jitter),
         )
 
+    def new_leadership(self) -> Leadership:
+        """The campaign for the queue's maintenance lease, and what its holder runs."""
+
+        async def scheduler(_fence: Fence) -> None:
+            await self.scheduler.run()
+
+        async def reaper(_fence: Fence) -> None:
+            await self.reaper.run()
+
+        pruner = Pruner(self.context, self.config)
+
+        async def prune(fence: Fence) -> None:
+            outage = Outage(self.context.log, f"pruner of {self.context.queue!r}")
+            await ticker(partial(pruner.run_once, fence), self.config.reaper_interval, outage)
+
+        cron = CronService(
+            self.context, self.registry.cron, default_job_timeout=self.config.default_job_timeout
+        )
+        services: list[LeaderService] = [scheduler, reaper, prune, cron.run]
+        return Leadership(self.context, self.worker_id, self.config.leader_interval, services)
+
     def new_pool(self, *, drain: bool) -> WorkerPool:
         pool = WorkerPool(
             self.context,
@@ -115,6 +141,7 @@ class Serving:
         self._listeners = listeners
         self._stop = trio.Event()
         self.pool = runtime.new_pool(drain=False)
+        self.leadership: Leadership | None = None
         #: The port the metrics endpoint listens on, once started.
         self.metrics_port: int | None = None
 
@@ -126,9 +153,10 @@ class Serving:
         config, ctx = runtime.config, runtime.context
         try:
             async with runtime.asyncio_loop(), trio.open_nursery() as nursery:
-                await nursery.start(runtime.scheduler.run)
-                await nursery.start(runtime.reaper.run)
-                await nursery.start(Sampler(ctx, config.metrics_sample_interval).run)
+                leadership = self.leadership = runtime.new_leadership()
+                await nursery.start(leadership.run)
+                sampler = Sampler(ctx, config.metrics_sample_interval, lambda: leadership.leading)
+                await nursery.start(sampler.run)
                 if isinstance(ctx.store, PostgresStore):
                     # Jobs enqueued inside callers' transactions (conn=) reach the
                     # broker through it.

@@ -10,14 +10,48 @@ import itertools
 import json
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import attrs
 import trio
 
+from .._cron import CronEntry, CronState, initial_tick
 from .._job import FINAL_STATES, READY_STATES, Attempt, Job, JobStatus
-from .._ports import CancelOutcome, CancelResult, Failure, Lease, NewJob, QueueStats, Ready
+from .._ports import (
+    CancelOutcome,
+    CancelResult,
+    Failure,
+    Fence,
+    LeaderInfo,
+    Lease,
+    NewJob,
+    QueueStats,
+    Ready,
+)
 from .._validation import decode_payload
+
+
+def _new_row(new: NewJob, now: datetime) -> Job:
+    """The row an insert writes for ``new``."""
+    return Job(
+        id=new.id,
+        queue=new.queue,
+        job_type=new.job_type,
+        payload=decode_payload(new.payload),
+        status=new.status,
+        priority=new.priority,
+        scheduled_at=new.scheduled_at,
+        max_retries=new.max_retries,
+        retry_count=0,
+        error_message=None,
+        locked_by=None,
+        locked_at=None,
+        completed_at=None,
+        job_timeout=new.job_timeout,
+        created_at=now,
+        updated_at=now,
+        unique_key=new.unique_key,
+    )
 
 
 class MemoryStore:
@@ -33,6 +67,10 @@ class MemoryStore:
         self._unique_keys: dict[str, str] = {}
         # Runs that did not complete, as PostgreSQL's kyu_attempts holds them.
         self._history: defaultdict[str, list[Attempt]] = defaultdict(list)
+        # Queue -> its maintenance lease: holder, term, expires_at (kyu_leaders).
+        self._leaders: dict[str, tuple[str, int, datetime]] = {}
+        # (queue, name) -> the cron entry's row (kyu_cron).
+        self._cron: dict[tuple[str, str], CronState] = {}
 
     def _record(self, job: Job, now: datetime, outcome: str, failure: Failure | None) -> None:
         runs = self._history[job.id]
@@ -111,25 +149,7 @@ class MemoryStore:
                         existing[new.id] = holder
                     continue
                 self._unique_keys[new.id] = new.unique_key
-            job = Job(
-                id=new.id,
-                queue=new.queue,
-                job_type=new.job_type,
-                payload=decode_payload(new.payload),
-                status=new.status,
-                priority=new.priority,
-                scheduled_at=new.scheduled_at,
-                max_retries=new.max_retries,
-                retry_count=0,
-                error_message=None,
-                locked_by=None,
-                locked_at=None,
-                completed_at=None,
-                job_timeout=new.job_timeout,
-                created_at=now,
-                updated_at=now,
-            )
-            self.jobs[job.id] = job
+            job = self.jobs[new.id] = _new_row(new, now)
             self._seq[job.id] = next(self._counter)
             if job.status is JobStatus.PENDING:
                 ready.append(self._ready(job))
@@ -432,3 +452,116 @@ class MemoryStore:
             if job is not None and job.queue == queue and job.status is JobStatus.PENDING
         ]
         return sorted(found, key=lambda r: r.seq)
+
+    # ---- the maintenance leader's lease ----
+
+    def _fenced(self, queue: str, fence: Fence) -> bool:
+        """Whether ``fence`` is the queue's lease as recorded (what a fenced write checks)."""
+        held = self._leaders.get(queue)
+        return held is not None and held[:2] == (fence.holder, fence.term)
+
+    async def lead(self, queue: str, holder: str, now: datetime, ttl: float) -> Fence | None:
+        await trio.lowlevel.checkpoint()
+        until = now + timedelta(seconds=ttl)
+        held = self._leaders.get(queue)
+        if held is None:
+            self._leaders[queue] = (holder, 1, until)
+            return Fence(holder, 1)
+        old_holder, term, expires_at = held
+        if old_holder != holder and expires_at > now:
+            return None
+        term += old_holder != holder
+        self._leaders[queue] = (holder, term, until)
+        return Fence(holder, term)
+
+    async def resign(self, queue: str, fence: Fence) -> None:
+        await trio.lowlevel.checkpoint()
+        if self._fenced(queue, fence):
+            self._leaders[queue] = (fence.holder, fence.term, datetime.min.replace(tzinfo=UTC))
+
+    async def leader(self, queue: str) -> LeaderInfo | None:
+        await trio.lowlevel.checkpoint()
+        held = self._leaders.get(queue)
+        return None if held is None else LeaderInfo(*held)
+
+    # ---- retention (the pruner) ----
+
+    async def prune(self, queue: str, status: JobStatus, before: datetime, limit: int) -> int:
+        from .._errors import KyuError  # here, to leave the shared imports alone
+
+        await trio.lowlevel.checkpoint()
+        if status not in FINAL_STATES:
+            raise KyuError(f"only completed, cancelled and dead jobs can be pruned, not {status}")
+        old: list[tuple[datetime, str]] = []
+        for job in self.jobs.values():
+            when = job.completed_at if status is JobStatus.COMPLETED else job.updated_at
+            if job.queue == queue and job.status is status and when is not None and when < before:
+                old.append((when, job.id))
+        old.sort()
+        for _, job_id in old[:limit]:
+            del self.jobs[job_id]
+            self._seq.pop(job_id, None)
+            self._history.pop(job_id, None)
+            self._unique_keys.pop(job_id, None)
+        return len(old[:limit])
+
+    # ---- cron: periodic jobs ----
+
+    async def sync_cron(
+        self, queue: str, entries: Sequence[CronEntry], now: datetime, fence: Fence
+    ) -> bool:
+        await trio.lowlevel.checkpoint()
+        if not self._fenced(queue, fence):
+            return False
+        names = set()
+        for entry in entries:
+            names.add(entry.name)
+            old = self._cron.get((queue, entry.name))
+            row = CronState(
+                queue=queue,
+                name=entry.name,
+                schedule=entry.schedule,
+                timezone=entry.timezone,
+                job_type=entry.job_type,
+                payload=entry.payload,
+                priority=entry.priority,
+                max_retries=entry.max_retries,
+                job_timeout=entry.job_timeout,
+                missed=entry.missed,
+                last_tick=initial_tick(entry, now) if old is None else old.last_tick,
+                registered=True,
+                updated_at=now,
+            )
+            if old is None or attrs.evolve(old, updated_at=now) != row:
+                self._cron[queue, entry.name] = row
+        for key, row in self._cron.items():
+            if key[0] == queue and row.registered and key[1] not in names:
+                self._cron[key] = attrs.evolve(row, registered=False, updated_at=now)
+        return True
+
+    async def fire_cron(
+        self,
+        queue: str,
+        name: str,
+        expected: datetime,
+        tick: datetime,
+        job: NewJob | None,
+        fence: Fence,
+        now: datetime,
+    ) -> list[Ready] | None:
+        await trio.lowlevel.checkpoint()
+        row = self._cron.get((queue, name))
+        if row is None or row.last_tick != expected or not self._fenced(queue, fence):
+            return None
+        # No checkpoint from here on: the row and the job change together, as in one
+        # PostgreSQL statement.
+        self._cron[queue, name] = attrs.evolve(row, last_tick=tick, updated_at=now)
+        if job is None:
+            return []
+        self.jobs[job.id] = _new_row(job, now)
+        self._seq[job.id] = next(self._counter)
+        return [self._ready(self.jobs[job.id])] if job.status is JobStatus.PENDING else []
+
+    async def cron_states(self, queue: str) -> list[CronState]:
+        await trio.lowlevel.checkpoint()
+        return sorted((r for (q, _), r in self._cron.items() if q == queue), key=lambda r: r.name)

@@ -15,7 +15,7 @@ import threading
 import weakref
 from collections.abc import Callable, Sequence
 from contextlib import suppress
-from datetime import datetime
+from datetime import datetime, timedelta
 from importlib import resources
 from typing import Any, TypeVar
 
@@ -24,6 +24,7 @@ import psycopg_pool
 import trio
 from psycopg.rows import TupleRow
 
+from .._cron import CronEntry, CronState, initial_tick
 from .._dsn import mask_password, postgres_address
 from .._errors import (
     CommandError,
@@ -34,7 +35,17 @@ from .._errors import (
     TransactionError,
 )
 from .._job import Attempt, Job, JobStatus
-from .._ports import CancelOutcome, CancelResult, Failure, Lease, NewJob, QueueStats, Ready
+from .._ports import (
+    CancelOutcome,
+    CancelResult,
+    Failure,
+    Fence,
+    LeaderInfo,
+    Lease,
+    NewJob,
+    QueueStats,
+    Ready,
+)
 from .._validation import decode_payload
 from . import _queries as q
 
@@ -186,10 +197,11 @@ def _to_job(row: TupleRow, attempts_kept: int | None = None) -> Job:
         attempt,
         heartbeat_at,
         result,
-    ) = row[:19]
+        unique_key,
+    ) = row[:20]
     attempts: tuple[Attempt, ...] = ()
-    if len(row) > 19 and row[19]:
-        attempts = tuple(_to_attempt(a) for a in row[19])
+    if len(row) > 20 and row[20]:
+        attempts = tuple(_to_attempt(a) for a in row[20])
         if attempts_kept is not None:
             attempts = attempts[-attempts_kept:]
     return Job(
@@ -213,6 +225,7 @@ def _to_job(row: TupleRow, attempts_kept: int | None = None) -> Job:
         heartbeat_at=heartbeat_at,
         result=result,
         attempts=attempts,
+        unique_key=unique_key,
     )
 
 
@@ -829,6 +842,7 @@ class PostgresStore:
                     updated_at=now,
                     attempt=attempt,
                     heartbeat_at=now,
+                    unique_key=unique_key,
                 )
                 for (
                     id_,
@@ -842,6 +856,7 @@ class PostgresStore:
                     job_timeout,
                     created_at,
                     attempt,
+                    unique_key,
                 ) in rows
             ]
 
@@ -1037,3 +1052,118 @@ class PostgresStore:
         params = {"queue": queue, "ids": _uuid_array(ids)}
 
         return await self._ready_rows(q.PENDING_AMONG, params)
+
+    # ---- the maintenance leader's lease ----
+
+    async def lead(self, queue: str, holder: str, now: datetime, ttl: float) -> Fence | None:
+        params = {
+            "queue": queue,
+            "holder": holder,
+            "now": now,
+            "until": now + timedelta(seconds=ttl),
+        }
+
+        def lead(conn: psycopg.Connection[Any]) -> Fence | None:
+            row = conn.execute(q.LEAD, params).fetchone()
+            return None if row is None else Fence(row[0], row[1])
+
+        return await self._run(lead)
+
+    async def resign(self, queue: str, fence: Fence) -> None:
+        params = {"queue": queue, "holder": fence.holder, "term": fence.term}
+
+        def resign(conn: psycopg.Connection[Any]) -> None:
+            conn.execute(q.RESIGN, params)
+
+        await self._run(resign)
+
+    async def leader(self, queue: str) -> LeaderInfo | None:
+        def leader(conn: psycopg.Connection[Any]) -> LeaderInfo | None:
+            row = conn.execute(q.LEADER, {"queue": queue}).fetchone()
+            return None if row is None else LeaderInfo(row[0], row[1], row[2])
+
+        return await self._run(leader)
+
+    # ---- retention (the pruner) ----
+
+    async def prune(self, queue: str, status: JobStatus, before: datetime, limit: int) -> int:
+        sql = q.PRUNE.get(status.value)
+        if sql is None:
+            raise KyuError(f"only completed, cancelled and dead jobs can be pruned, not {status}")
+        params = {"queue": queue, "before": before, "limit": limit}
+
+        def prune(conn: psycopg.Connection[Any]) -> int:
+            # Autocommit: the statement is its transaction, so its row locks last as long
+            # as the statement does (a batch's worth of deletes).
+            return conn.execute(sql, params).rowcount
+
+        return await self._run(prune)
+
+    # ---- cron: periodic jobs ----
+
+    async def sync_cron(
+        self, queue: str, entries: Sequence[CronEntry], now: datetime, fence: Fence
+    ) -> bool:
+        params = {
+            "queue": queue,
+            "holder": fence.holder,
+            "term": fence.term,
+            "now": now,
+            "names": [e.name for e in entries],
+            "schedules": [e.schedule for e in entries],
+            "timezones": [e.timezone for e in entries],
+            "job_types": [e.job_type for e in entries],
+            "payloads": [e.payload for e in entries],
+            "priorities": [e.priority for e in entries],
+            "max_retries": [e.max_retries for e in entries],
+            "job_timeouts": [e.job_timeout for e in entries],
+            "missed": [e.missed for e in entries],
+            "initial": [initial_tick(e, now) for e in entries],
+        }
+
+        def sync(conn: psycopg.Connection[Any]) -> bool:
+            row = conn.execute(q.SYNC_CRON, params).fetchone()
+            return bool(row and row[0])
+
+        return await self._run(sync)
+
+    async def fire_cron(
+        self,
+        queue: str,
+        name: str,
+        expected: datetime,
+        tick: datetime,
+        job: NewJob | None,
+        fence: Fence,
+        now: datetime,
+    ) -> list[Ready] | None:
+        params: dict[str, Any] = {} if job is None else insert_one_params(job, now)
+        if job is not None and job.queue != queue:
+            raise KyuError(f"a cron job of queue {job.queue!r} fired for queue {queue!r}")
+        params.update(
+            queue=queue,
+            name=name,
+            expected=expected,
+            tick=tick,
+            now=now,
+            holder=fence.holder,
+            term=fence.term,
+        )
+
+        def fire(conn: psycopg.Connection[Any]) -> list[Ready] | None:
+            if job is None:
+                return [] if conn.execute(q.SKIP_CRON, params).rowcount else None
+            row = conn.execute(q.FIRE_CRON, params).fetchone()
+            if row is None:
+                return None
+            pending = job.status is JobStatus.PENDING
+            return [Ready(job.id, job.priority, row[0])] if pending else []
+
+        return await self._run(fire)
+
+    async def cron_states(self, queue: str) -> list[CronState]:
+        def states(conn: psycopg.Connection[Any]) -> list[CronState]:
+            rows = conn.execute(q.CRON_STATES, {"queue": queue}).fetchall()
+            return [CronState(*row) for row in rows]
+
+        return await self._run(states)

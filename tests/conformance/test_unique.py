@@ -84,3 +84,14 @@ async def test_keys_are_per_queue_and_scheduled_jobs_hold_them(store: Any, queue
     again = attrs.evolve(new(queue_name), unique_key="k")
     await store.insert_jobs([again], T0, existing=existing)
     assert existing == {again.id: mine.id}
+
+
+async def test_a_job_shows_its_unique_key(store: Any, queue_name: str) -> None:
+    keyed, plain = attrs.evolve(new(queue_name), unique_key="k"), new(queue_name)
+    await store.insert_jobs([keyed, plain], T0)
+    assert (await store.get_job(keyed.id)).unique_key == "k"
+    assert (await store.get_job(plain.id)).unique_key is None
+    listed = {j.id: j.unique_key for j in await store.list_jobs(queue_name, None, None, 10)}
+    assert listed == {keyed.id: "k", plain.id: None}
+    [claimed] = await store.claim_jobs(queue_name, [keyed.id], "w", T0)
+    assert claimed.unique_key == "k"

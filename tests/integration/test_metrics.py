@@ -15,6 +15,11 @@ from tests.conftest import ThrowawayRedis, free_port
 pytestmark = pytest.mark.integration
 
 #: What each metric counts and where, as its HELP text says it: operators read these.
+LEADER_SAMPLED = (
+    "sampled every metrics_sample_interval by the process that leads the queue's "
+    "maintenance (see kyu_leader), and exported by it alone; absent until a sample "
+    "succeeds and after one fails (see kyu_up)"
+)
 EXPECTED_HELP = {
     "kyu_jobs_enqueued": (
         "Jobs enqueued by this process (Queue.enqueue and enqueue_many called here); jobs "
@@ -57,24 +62,26 @@ EXPECTED_HELP = {
         "Times this process refilled Redis from PostgreSQL (Redis was new, flushed or "
         "restarted empty)"
     ),
-    "kyu_queue_depth": (
-        "Job ids of the whole queue waiting in Redis; sampled by this process every "
-        "metrics_sample_interval; absent until a sample succeeds and after one fails "
-        "(see kyu_up)"
+    "kyu_jobs_pruned": (
+        "Finished jobs that this process deleted, as the queue's maintenance leader, once "
+        "they were older than their retention (Config.retention_completed, "
+        "retention_cancelled, retention_dead), by status"
     ),
+    "kyu_queue_depth": ("Job ids of the whole queue waiting in Redis; " + LEADER_SAMPLED),
     "kyu_queue_lag_seconds": (
         "Age of the whole queue's oldest due job that no worker has started, 0 when none "
-        "waits (PostgreSQL); sampled by this process every metrics_sample_interval; absent "
-        "until a sample succeeds and after one fails (see kyu_up)"
+        "waits (PostgreSQL); " + LEADER_SAMPLED
     ),
-    "kyu_jobs_by_status": (
-        "Jobs of the whole queue in PostgreSQL, by status; sampled by this process every "
-        "metrics_sample_interval; absent until a sample succeeds and after one fails "
-        "(see kyu_up)"
-    ),
+    "kyu_jobs_by_status": "Jobs of the whole queue in PostgreSQL, by status; " + LEADER_SAMPLED,
     "kyu_up": (
-        "1 when this process's last sample of the queue (every metrics_sample_interval) "
-        "reached PostgreSQL and Redis within 10 s, else 0"
+        "1 when this process's last check (every metrics_sample_interval: the queue-wide "
+        "sample on the leader, a ping elsewhere) reached PostgreSQL and Redis within 10 s, "
+        "else 0"
+    ),
+    "kyu_leader": (
+        "1 while this process leads the queue's maintenance (promotion of due jobs, "
+        "rescue, the Redis sweep, cron, pruning, and the queue-wide samples), else 0; "
+        "sum by queue is 1 when all is well"
     ),
     "kyu_info": "Always 1: the kyu-trio version of this process and the queue it serves",
 }

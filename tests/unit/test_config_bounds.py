@@ -33,6 +33,7 @@ def test_every_duration_is_listed() -> None:
         "heartbeat_interval",
         "scheduler_interval",
         "reaper_interval",
+        "leader_interval",
         "default_job_timeout",
         "max_backoff",
         "shutdown_grace",

@@ -59,7 +59,17 @@ def test_sampled_gauges_are_absent_until_a_sample_succeeds() -> None:
     # Their HELP and TYPE stay, so the metric is known even without a value.
     assert {f.name for f in m.registry.collect()} >= SAMPLED
     m.sample = QueueSample(depth=0, lag=0.0, by_status={"pending": 0})
+    m.up = True
     assert {s.name for s in samples(m)} >= SAMPLED
+    assert m.registry.get_sample_value("kyu_up", {"queue": "kyu:orders"}) == 1
+
+
+def test_a_follower_is_up_without_a_sample() -> None:
+    # Only the maintenance leader samples the queue; another process that reaches both
+    # servers is up, and exports no queue-wide gauge.
+    m = busy_metrics()
+    m.sample, m.up = None, True
+    assert {s.name for s in samples(m)}.isdisjoint(SAMPLED)
     assert m.registry.get_sample_value("kyu_up", {"queue": "kyu:orders"}) == 1
 
 

@@ -20,6 +20,7 @@ def test_all_is_pinned() -> None:
         "CommandError",
         "Config",
         "ConfigError",
+        "CronState",
         "EnqueueOutcomeUnknown",
         "EnqueueRequest",
         "Handler",
