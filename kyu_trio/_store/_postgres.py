@@ -345,26 +345,59 @@ def _insert_keyed(
     existing: dict[str, str],
 ) -> list[Ready]:
     """`_insert_new` for a batch where some jobs carry a `unique_key`: COPY cannot skip a
-    conflicting row, so those take one INSERT ... ON CONFLICT DO NOTHING each (the
-    jobs without a key keep the fast path). A key repeated in the batch conflicts with
-    the batch's own earlier row, which this transaction sees: one job per key."""
+    conflicting row, so those go in one INSERT ... ON CONFLICT DO NOTHING (the jobs
+    without a key keep the fast path). A key repeated in the batch conflicts with the
+    batch's own earlier row: one job per key. A skipped job's holder is looked up in one
+    query; one that finished in between (its key free again) is tried once more alone."""
     ready = _insert_plain(conn, [j for j in jobs if j.unique_key is None], now, notify=notify)
-    for job in jobs:
-        if job.unique_key is None:
+    keyed = [j for j in jobs if j.unique_key is not None]
+    if len(keyed) == 1:
+        return ready + _insert_unique_one(conn, keyed[0], now, notify, existing)
+    rows = [insert_one_params(job, now, notify=notify) for job in keyed]
+    columns = ("id", "queue", "job_type", "payload", "status", "priority", "scheduled_at")
+    params: dict[str, Any] = {c: [r[c] for r in rows] for c in columns}
+    for c in ("max_retries", "job_timeout", "needs_push", "unique_key"):
+        params[c] = [r[c] for r in rows]
+    params["now"] = now
+    written = dict(conn.execute(q.INSERT_UNIQUE_MANY, params).fetchall())
+    skipped = [job for job in keyed if job.id not in written]
+    holders: dict[tuple[str, str], str] = {}
+    if skipped:
+        pairs = {"queue": [j.queue for j in skipped], "unique_key": [j.unique_key for j in skipped]}
+        for queue, key, holder in conn.execute(q.UNIQUE_HOLDERS, pairs):
+            holders[queue, key] = holder
+    for job in keyed:
+        if job.id in written:
+            if job.status is JobStatus.PENDING:
+                ready.append(Ready(job.id, job.priority, written[job.id]))
             continue
-        params = insert_one_params(job, now, notify=notify)
-        while True:
-            row = conn.execute(q.INSERT_UNIQUE, params).fetchone()
-            if row is not None:
-                if job.status is JobStatus.PENDING:
-                    ready.append(Ready(job.id, job.priority, row[0]))
-                break
-            holder = conn.execute(q.UNIQUE_HOLDER, params).fetchone()
-            if holder is not None:
-                existing[job.id] = holder[0]
-                break
-            # The holder finished between the two statements: the key is free again.
+        assert job.unique_key is not None
+        holder = holders.get((job.queue, job.unique_key))
+        if holder is not None:
+            existing[job.id] = holder
+        else:
+            ready.extend(_insert_unique_one(conn, job, now, notify, existing))
     return ready
+
+
+def _insert_unique_one(
+    conn: psycopg.Connection[Any],
+    job: NewJob,
+    now: datetime,
+    notify: bool,
+    existing: dict[str, str],
+) -> list[Ready]:
+    """One job with a `unique_key`: written, or ``existing`` names its holder."""
+    params = insert_one_params(job, now, notify=notify)
+    while True:
+        row = conn.execute(q.INSERT_UNIQUE, params).fetchone()
+        if row is not None:
+            return [Ready(job.id, job.priority, row[0])] if job.status is JobStatus.PENDING else []
+        holder = conn.execute(q.UNIQUE_HOLDER, params).fetchone()
+        if holder is not None:
+            existing[job.id] = holder[0]
+            return []
+        # The holder finished between the two statements: the key is free again.
 
 
 def _insert_plain(

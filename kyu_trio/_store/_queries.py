@@ -77,6 +77,35 @@ ON CONFLICT (queue, unique_key)
 RETURNING seq
 """
 
+# Many jobs with a `unique_key` at once (an `enqueue_many` batch): INSERT_UNIQUE for each
+# row of the arrays, in their order, so that of a key repeated in the batch the first row
+# is written (the later ones conflict with it). Returns the rows written.
+INSERT_UNIQUE_MANY = """
+INSERT INTO kyu_jobs (id, queue, job_type, payload, status, priority, scheduled_at,
+                      max_retries, job_timeout, created_at, updated_at, needs_push, unique_key)
+SELECT id, queue, job_type, payload, status, priority, scheduled_at,
+       max_retries, job_timeout, %(now)s, %(now)s, needs_push, unique_key
+FROM unnest(%(id)s::uuid[], %(queue)s::text[], %(job_type)s::text[], %(payload)s::text[],
+            %(status)s::text[], %(priority)s::smallint[], %(scheduled_at)s::timestamptz[],
+            %(max_retries)s::int[], %(job_timeout)s::float8[], %(needs_push)s::bool[],
+            %(unique_key)s::text[])
+     WITH ORDINALITY AS t(id, queue, job_type, payload, status, priority, scheduled_at,
+                          max_retries, job_timeout, needs_push, unique_key, n)
+ORDER BY n
+ON CONFLICT (queue, unique_key)
+    WHERE unique_key IS NOT NULL AND status IN ('pending', 'scheduled', 'running', 'failed')
+    DO NOTHING
+RETURNING id::text, seq
+"""
+
+# The unfinished holders of (queue, key) pairs, for the rows INSERT_UNIQUE_MANY skipped.
+UNIQUE_HOLDERS = """
+SELECT j.queue, j.unique_key, j.id::text FROM kyu_jobs j
+JOIN unnest(%(queue)s::text[], %(unique_key)s::text[]) AS k(queue, unique_key)
+  ON j.queue = k.queue AND j.unique_key = k.unique_key
+WHERE j.status IN ('pending', 'scheduled', 'running', 'failed')
+"""
+
 UNIQUE_HOLDER = """
 SELECT id::text FROM kyu_jobs
 WHERE queue = %(queue)s AND unique_key = %(unique_key)s

@@ -95,3 +95,27 @@ async def test_a_job_shows_its_unique_key(store: Any, queue_name: str) -> None:
     assert listed == {keyed.id: "k", plain.id: None}
     [claimed] = await store.claim_jobs(queue_name, [keyed.id], "w", T0)
     assert claimed.unique_key == "k"
+
+
+async def test_a_keyed_batch_skips_held_keys_and_keeps_its_order(
+    store: Any, queue_name: str
+) -> None:
+    held = attrs.evolve(new(queue_name), unique_key="held")
+    await store.insert_jobs([held], T0)
+    other_queue = attrs.evolve(new(queue_name + "-other"), unique_key="held")
+    batch = [
+        attrs.evolve(new(queue_name), unique_key="k1"),
+        attrs.evolve(new(queue_name), unique_key="held"),
+        attrs.evolve(new(queue_name), unique_key="k2"),
+        attrs.evolve(new(queue_name), unique_key="k1"),
+        other_queue,
+        attrs.evolve(new(queue_name), unique_key="k3"),
+    ]
+    existing: dict[str, str] = {}
+    ready = await store.insert_jobs(batch, T0, existing=existing)
+    assert existing == {batch[1].id: held.id, batch[3].id: batch[0].id}
+    written = [batch[0], batch[2], other_queue, batch[5]]
+    assert {r.id for r in ready} == {j.id for j in written}
+    # Ready in the batch's order: sequence numbers grow along it.
+    seq = {r.id: r.seq for r in ready}
+    assert [seq[j.id] for j in written] == sorted(seq[j.id] for j in written)
