@@ -39,36 +39,36 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import psycopg
-import psycopg.conninfo
 import trio
 
 from kyu_trio import Config, EnqueueRequest, Queue
 
-from ._common import DSN, REDIS_URL, ROOT, machine, new_queue_name, run_workers, vacuum
+from ._common import DSN, REDIS_URL, machine, new_queue_name, run_workers, vacuum
 from ._common import write_results as _write_results
+from ._compare import (
+    SYSTEMS,
+    check_library,
+    describe_current,
+    fmt_stats,
+    gated_row,
+    median_interval,
+    ratios,
+    run_rounds,
+    schema_version,
+    verdict_text,
+)
 from .throughput import cleanup, enqueue_figures
 
 BASELINE = "885cb91"
 # --jobs presets: (jobs per batch run and per worker run, jobs enqueued one by one).
 SIZES = {"small": (2_000, 200), "full": (20_000, 2_000)}
-LIMIT = 0.95  # a figure of (a) or (b) below 95 % of the baseline's is a regression
-COVERAGE = 0.90
-SYSTEMS = ("baseline", "current")
 
 
 # ---- one round of one side (runs in a subprocess, with that side's kyu_trio) ----------
@@ -98,26 +98,14 @@ async def keyed_enqueue_figures(queue_name: str, jobs: int, single: int) -> dict
     return {"single_enqueue_per_s": single_rate, "bulk_enqueue_per_s": bulk_rate}
 
 
-def schema_version() -> int:
-    with psycopg.connect(DSN) as conn:
-        row = conn.execute("SELECT coalesce(max(version), 0) FROM kyu_schema_version").fetchone()
-    return int(row[0]) if row else 0
-
-
 def one_round(
     system: str, jobs: int, single: int, processes: int, workers: int, keyed: str
 ) -> dict[str, Any]:
     """(a) and (b) for ``system``; with ``keyed`` ("first" or "last"), (c) afterwards:
     keyless and keyed enqueues into fresh queues, in that order of the two."""
-    import kyu_trio
-
-    # This side's own library, not the other tree's nor the editable install's.
-    library = Path(kyu_trio.__file__).resolve()
-    if not library.is_relative_to(ROOT):
-        raise RuntimeError(f"{system}: imported kyu_trio from {library}, not from {ROOT}")
     queue = new_queue_name(system)
     used = [queue, queue + "-single"]
-    result: dict[str, Any] = {"kyu_trio": str(library)}
+    result: dict[str, Any] = {"kyu_trio": check_library(system)}
     try:
         result["enqueue"] = trio.run(enqueue_figures, queue, jobs, single)
         result["processed"] = run_workers("bench._kyu_worker", queue, processes, workers, jobs)
@@ -137,61 +125,6 @@ def one_round(
     return result
 
 
-# ---- statistics and verdicts (pure) ---------------------------------------------------
-
-
-def median_interval(values: Sequence[float], coverage: float = COVERAGE) -> dict[str, float]:
-    """The median of ``values`` and a distribution-free interval for it: sorted values
-    x(k) and x(n+1-k) cover the true median with probability 1 - 2 P(Binomial(n, 1/2) < k);
-    the widest k reaching ``coverage`` (k = 1, min..max, when none does).
-
-    Example::
-
-        median_interval([0.98, 1.01, 0.99, 1.03, 1.00, 0.97, 1.02])["median"]  # 1.00
-    """
-    s = sorted(values)
-    n = len(s)
-
-    def covered(k: int) -> float:
-        return 1 - 2 * sum(math.comb(n, i) for i in range(k)) / float(2**n)
-
-    k = 1
-    while k + 1 <= (n + 1) // 2 and covered(k + 1) >= coverage:
-        k += 1
-    return {
-        "median": statistics.median(s),
-        "low": s[k - 1],
-        "high": s[n - k],
-        "coverage": covered(k),
-        "min": s[0],
-        "max": s[-1],
-    }
-
-
-def verdict(stats: dict[str, float], limit: float = LIMIT) -> str:
-    """ "regression" when the whole interval (of at least 90 % coverage: 5 rounds or more)
-    lies below ``limit``; "inconclusive" when only the median does, or the interval
-    would but covers too little; else "ok"."""
-    if stats["high"] < limit and stats["coverage"] >= COVERAGE:
-        return "regression"
-    if stats["median"] < limit:
-        return "inconclusive"
-    return "ok"
-
-
-def ratios(rounds: Sequence[dict[str, Any]], top: str, bottom: str, key: str) -> list[float]:
-    """Per round, figure ``key`` of ``top`` over that of ``bottom``: paths such as
-    "current.enqueue" into the round's results."""
-
-    def get(r: dict[str, Any], path: str) -> float:
-        node: Any = r
-        for part in path.split("."):
-            node = node[part]
-        return float(node[key])
-
-    return [get(r, top) / get(r, bottom) for r in rounds]
-
-
 # ---- the run ----------------------------------------------------------------------------
 
 
@@ -202,84 +135,6 @@ def parse_jobs(text: str) -> tuple[int, int]:
     if jobs < 1000:
         raise argparse.ArgumentTypeError("--jobs: small, full, or at least 1000")
     return jobs, max(100, jobs // 10)
-
-
-@contextmanager
-def baseline_tree(revision: str) -> Iterator[Path]:
-    """``revision`` checked out in a temporary worktree, with this tree's ``bench/``
-    copied over its own (so that only the library differs); removed afterwards."""
-    with tempfile.TemporaryDirectory(prefix="kyu-bench-unique-") as tmp:
-        path = Path(tmp) / "baseline"
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "--quiet", "--detach", str(path), revision],
-            check=True,
-        )
-        try:
-            shutil.rmtree(path / "bench")
-            shutil.copytree(
-                ROOT / "bench",
-                path / "bench",
-                ignore=shutil.ignore_patterns(".venvs", "results", "__pycache__"),
-            )
-            yield path
-        finally:
-            subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], check=False
-            )
-
-
-@contextmanager
-def scratch_databases(names: Sequence[str]) -> Iterator[dict[str, str]]:
-    """A fresh database per name on KYU_DSN's server; their DSNs; dropped afterwards."""
-    tag = uuid.uuid4().hex[:8]
-    dbs = {name: f"kyu_bench_unique_{tag}_{name}" for name in names}
-    with psycopg.connect(DSN, autocommit=True) as conn:
-        for db in dbs.values():
-            conn.execute(f'CREATE DATABASE "{db}"')
-    try:
-        yield {name: psycopg.conninfo.make_conninfo(DSN, dbname=db) for name, db in dbs.items()}
-    finally:
-        with psycopg.connect(DSN, autocommit=True) as conn:
-            for db in dbs.values():
-                conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-
-
-def run_side(
-    root: Path, dsn: str, system: str, args: argparse.Namespace, keyed: str, out: Path
-) -> dict[str, Any]:
-    jobs, single = args.jobs
-    command = [
-        sys.executable,
-        "-m",
-        "bench.unique",
-        "--child",
-        system,
-        "--child-out",
-        str(out),
-        "--child-keyed",
-        keyed,
-        "--jobs",
-        str(jobs),
-        "--single",
-        str(single),
-        "--processes",
-        str(args.processes),
-        "--workers",
-        str(args.workers),
-    ]
-    # cwd and PYTHONPATH both: `-m` puts the working directory first on sys.path, and
-    # the worker processes `run_workers` starts inherit both.
-    env = {**os.environ, "PYTHONPATH": str(root), "KYU_DSN": dsn, "KYU_REDIS_URL": REDIS_URL}
-    subprocess.run(command, cwd=root, env=env, check=True, timeout=3600)
-    result: dict[str, Any] = json.loads(out.read_text())
-    return result
-
-
-def fmt_stats(s: dict[str, float]) -> str:
-    return (
-        f"{s['median']:.3f} [{s['low']:.3f}, {s['high']:.3f}] ({s['coverage']:.0%})"
-        f" | {s['min']:.3f}-{s['max']:.3f}"
-    )
 
 
 def report(
@@ -308,13 +163,8 @@ def report(
         "|---|---:|---:|---:|---:|---|",
     ]
     for label, section, key in regression_rows:
-        r = ratios(rounds, f"current.{section}", f"baseline.{section}", key)
-        stats = median_interval(r)
-        v = verdict(stats)
-        gated[label] = {**stats, "verdict": v, "ratios": r}
-        base = med([x["baseline"][section][key] for x in rounds])
-        cur = med([x["current"][section][key] for x in rounds])
-        lines.append(f"| {label} | {base:,.0f} | {cur:,.0f} | {fmt_stats(stats)} | {v} |")
+        row, gated[label] = gated_row(rounds, label, section, key)
+        lines.append(row)
     cpu = ratios(rounds, "current.processed", "baseline.processed", "worker_cpu_s_per_1k")
     cpu_stats = median_interval(cpu)
     lines.append(
@@ -340,21 +190,10 @@ def report(
         without = med([x["current"]["keyless"][key] for x in rounds])
         with_key = med([x["current"]["keyed"][key] for x in rounds])
         lines.append(f"| {label} | {without:,.0f} | {with_key:,.0f} | {fmt_stats(stats)} |")
-    failed = [label for label, g in gated.items() if g["verdict"] == "regression"]
-    unsure = [label for label, g in gated.items() if g["verdict"] == "inconclusive"]
+    text, failed = verdict_text(gated)
     lines += [
         "",
-        f"Verdict: a figure regresses when its whole interval, of {COVERAGE:.0%} coverage "
-        f"or more (5 rounds or more), lies below {LIMIT:.2f} (slower by more than 5 % "
-        "beyond the round-to-round noise; exit status 1); inconclusive when only the "
-        "median does. "
-        + (
-            f"**Regression**: {', '.join(failed)}."
-            if failed
-            else f"Inconclusive: {', '.join(unsure)}."
-            if unsure
-            else "No regression."
-        ),
+        text,
         f"Schema versions: baseline {meta['schema']['baseline']}, "
         f"current {meta['schema']['current']}.",
         f"Reproduce: `{meta['command']}`",
@@ -403,50 +242,33 @@ def main() -> None:
         f"--processes {args.processes} --workers {args.workers}"
         + (f" --baseline {args.baseline}" if args.baseline != BASELINE else "")
     )
-    head = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "-C", str(ROOT), "status", "--porcelain", "--", "kyu_trio"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    meta: dict[str, Any] = {
-        "command": command,
-        "current": f"{head} working tree"
-        + (" (uncommitted changes in kyu_trio/)" if dirty else ""),
-    }
-    rounds: list[dict[str, Any]] = []
-    roots = {"current": ROOT}
-    with baseline_tree(args.baseline) as base_root, scratch_databases(SYSTEMS) as dsns:
-        roots["baseline"] = base_root
-        out = base_root.parent / "round.json"
-        for i in range(args.rounds):
-            order = list(SYSTEMS) if i % 2 == 0 else list(reversed(SYSTEMS))
-            entry: dict[str, Any] = {"order": order}
-            for system in order:
-                # (c)'s two kinds alternate too, from one round to the next.
-                keyed = "none" if system == "baseline" else ("last" if i % 2 == 0 else "first")
-                started = time.perf_counter()
-                entry[system] = run_side(roots[system], dsns[system], system, args, keyed, out)
-                print(
-                    f"round {i + 1}/{args.rounds} {system}: "
-                    f"{time.perf_counter() - started:.0f} s, processed "
-                    f"{entry[system]['processed']['jobs_per_s']:,.0f} jobs/s",
-                    flush=True,
-                )
-            base_v, cur_v = entry["baseline"]["schema_version"], entry["current"]["schema_version"]
-            if base_v >= cur_v:
-                raise RuntimeError(
-                    f"the baseline's database is at schema version {base_v}, the current one "
-                    f"at {cur_v}: the baseline ran code newer than {args.baseline}"
-                )
-            meta["schema"] = {"baseline": base_v, "current": cur_v}
-            rounds.append(entry)
+    meta: dict[str, Any] = {"command": command, "current": describe_current()}
+
+    def child_args(i: int, system: str) -> list[str]:
+        jobs, single = args.jobs
+        # (c)'s two kinds alternate too, from one round to the next.
+        keyed = "none" if system == "baseline" else ("last" if i % 2 == 0 else "first")
+        return [
+            "--child-keyed",
+            keyed,
+            "--jobs",
+            str(jobs),
+            "--single",
+            str(single),
+            "--processes",
+            str(args.processes),
+            "--workers",
+            str(args.workers),
+        ]
+
+    rounds, meta["schema"] = run_rounds(
+        "unique",
+        "bench.unique",
+        args.baseline,
+        args.rounds,
+        child_args,
+        lambda result: f"processed {result['processed']['jobs_per_s']:,.0f} jobs/s",
+    )
     summary, gated, cost, failed = report(args, rounds, meta)
     data = {
         "machine": machine(),

@@ -34,6 +34,7 @@ from ._errors import KyuError as KyuError
 from ._errors import MetricsPortError as MetricsPortError
 from ._errors import MissingExtraError as MissingExtraError
 from ._errors import NotConnectedError as NotConnectedError
+from ._errors import ProgressError as ProgressError
 from ._errors import SchemaError as SchemaError
 from ._errors import ServerError as ServerError
 from ._errors import TransactionError as TransactionError
@@ -49,6 +50,7 @@ from ._runtime._handlers import Handler as Handler
 from ._runtime._handlers import Middleware as Middleware
 from ._runtime._handlers import current_job as current_job
 from ._runtime._queue import Queue as Queue
+from ._runtime._serve_queues import serve_queues as serve_queues
 from ._runtime._summary import RunSummary as RunSummary
 from ._snooze import Snooze as Snooze
 from ._stats import Stats as Stats
@@ -82,6 +84,7 @@ __all__ = [
     "Middleware",
     "MissingExtraError",
     "NotConnectedError",
+    "ProgressError",
     "Queue",
     "RunSummary",
     "SchemaError",
@@ -95,4 +98,5 @@ __all__ = [
     "UnknownJobType",
     "__version__",
     "current_job",
+    "serve_queues",
 ]

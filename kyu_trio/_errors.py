@@ -170,3 +170,20 @@ def require_extra(module: str, *, extra: str, feature: str) -> None:
             f"{feature} needs the {module!r} package, which is not installed: "
             f"pip install 'kyu-trio[{extra}]'"
         )
+
+
+# ---- progress (issue 14) ----
+
+
+class ProgressError(KyuError, ValueError):
+    """`Job.set_progress` was given a value it cannot store: not a JSON value (dict, list,
+    str, int, float, bool or None; no NaN or infinity), over 64 KiB of JSON, or holding
+    NUL characters (PostgreSQL's jsonb refuses them). Nothing was recorded.
+
+    Example::
+
+        try:
+            current_job().set_progress({"done": done, "total": total})
+        except kyu_trio.ProgressError as exc:
+            log.warning("progress not recorded: %s", exc)
+    """

@@ -28,16 +28,17 @@ class JobStatus(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
-#: States from which a worker may claim a job once it is due (and `cancel_job` cancel it).
+#: States from which a worker may claim a job once it is due (and `cancel_job` cancel it,
+#: as it does a running one).
 READY_STATES = frozenset({JobStatus.PENDING, JobStatus.SCHEDULED, JobStatus.FAILED})
 #: States a job never leaves.
 FINAL_STATES = frozenset({JobStatus.COMPLETED, JobStatus.DEAD, JobStatus.CANCELLED})
 
 #: How a run ended, as `Attempt.outcome` says: the handler returned; it raised and a retry
 #: is due; it raised on its last try; it ran out of time; shutdown put it back; the reaper
-#: rescued it from a lost worker; the handler raised `Snooze`.
+#: rescued it from a lost worker; the handler raised `Snooze`; `cancel_job` cancelled it.
 ATTEMPT_OUTCOMES = frozenset(
-    {"completed", "failed", "dead", "timed_out", "requeued", "lost", "snoozed"}
+    {"completed", "failed", "dead", "timed_out", "requeued", "lost", "snoozed", "cancelled"}
 )
 
 
@@ -45,7 +46,7 @@ ATTEMPT_OUTCOMES = frozenset(
 class Attempt:
     """One run of a job: who ran it, when, and how it ended (``outcome``, one of
     ``completed``, ``failed``, ``dead``, ``timed_out``, ``requeued``, ``lost``,
-    ``snoozed``).
+    ``snoozed``, ``cancelled``).
 
     ``error`` is ``"<ExceptionType>: <message>"`` for a run that did not complete, and
     ``traceback`` the formatted traceback of a handler's exception (its last 16 KiB).
@@ -106,6 +107,37 @@ class Job:
     attempts: tuple[Attempt, ...] = ()
     #: The key it was enqueued with (see unique jobs), else None.
     unique_key: str | None = None
+    #: The last value its handler reported with `set_progress` (decoded JSON), else None.
+    #: Read it with `inspect`: the `Job` a handler gets from `current_job()` is the
+    #: snapshot its claim made, which its own reports do not change.
+    progress: Any = None
+    #: With the ``otel`` extra: the trace context of the span that enqueued it (JSON text
+    #: of the propagator's carrier, e.g. ``{"traceparent": "00-..."}``), else None. Each
+    #: run's span is a child of that span; see the tracing how-to.
+    trace_context: str | None = attrs.field(default=None, repr=False)
+
+    def set_progress(self, value: Any) -> None:
+        """Report the progress of this job's run (a JSON value of at most 64 KiB), from
+        its handler or middleware: ``async def``, plain ``def`` (in a thread) or asyncio.
+
+        Returns at once, without I/O: the worker writes the latest value of each of its
+        jobs at most every 0.5 s (and the last one once the run ends), so calling it in a
+        tight loop is cheap. `inspect` shows it as ``progress`` within a second. Raises
+        `ProgressError` for a value it cannot store, `KyuError` when this job is not the
+        one running here.
+
+        Example::
+
+            @queue.handler("import_rows")
+            async def import_rows(rows: list[dict]) -> None:
+                for i, row in enumerate(rows):
+                    await save(row)
+                    current_job().set_progress({"done": i + 1, "total": len(rows)})
+        """
+        # A Job is data; reporting belongs to the runtime that runs it.
+        from ._runtime._progress import report_progress
+
+        report_progress(self, value)
 
 
 @attrs.frozen

@@ -34,6 +34,8 @@ class NewJob:
     status: JobStatus  # PENDING when due now, SCHEDULED when due later
     # While an unfinished job of the queue holds this key, inserting writes nothing.
     unique_key: str | None = None
+    # The enqueuing span's trace context, as JSON text (see `_tracing`); None untraced.
+    trace_context: str | None = None
 
 
 @attrs.frozen
@@ -102,9 +104,38 @@ class LeaderInfo:
 
 
 @attrs.frozen
+class Limit:
+    """Fleet-wide limits of one job type: at most ``concurrency`` running at once, at most
+    ``rate_count`` starts in any window of ``rate_per`` seconds (None: no such limit)."""
+
+    concurrency: int | None = None
+    rate_count: int | None = None
+    rate_per: float | None = None
+
+
+@attrs.frozen
+class Held:
+    """Why ready ids were not claimed: the queue is paused, or their type is limited
+    (``limited``: job type -> those ids, for `Store.claim_limited`)."""
+
+    paused: bool
+    limited: dict[str, list[str]]
+
+
+@attrs.frozen
+class LimitedClaim:
+    """What `Store.claim_limited` took, and when the type's rate limit next lets a start
+    through (None: not rate-limited now, or no rate limit)."""
+
+    claimed: list[Job]
+    next_start: datetime | None
+
+
+@attrs.frozen
 class QueueStats:
     counts: dict[JobStatus, int]
     oldest_due: datetime | None  # earliest due time among ready jobs not yet started
+    paused: bool = False
 
     def lag(self, now: datetime) -> float:
         """Seconds the longest-waiting ready job has waited past its due time (0 if none)."""
@@ -174,7 +205,13 @@ class Store(Protocol):
         ``attempts`` left empty); one query however many ids."""
         ...
 
-    async def cancel_job(self, job_id: str, now: datetime) -> CancelResult: ...
+    async def cancel_job(self, job_id: str, now: datetime) -> CancelResult:
+        """PENDING, SCHEDULED, FAILED or RUNNING -> CANCELLED, in one statement. A running
+        job's run is recorded in its history (outcome ``cancelled``) and the process that
+        runs it is told when the change commits (the listener's ``cancelled`` callback,
+        see `PostgresStore.listen_enqueued`); that worker's own later write of the run is
+        fenced off and writes nothing."""
+        ...
 
     async def dead_jobs(self, queue: str, limit: int) -> list[Job]: ...
 
@@ -222,7 +259,14 @@ class Store(Protocol):
         ``requeued`` in the job's attempt history; return what to push."""
         ...
 
-    async def heartbeat(self, leases: Sequence[Lease], worker_id: str, now: datetime) -> int: ...
+    async def heartbeat(
+        self, leases: Sequence[Lease], worker_id: str, now: datetime
+    ) -> dict[str, JobStatus | None]:
+        """Refresh ``heartbeat_at`` of the jobs ``worker_id`` still holds under these
+        leases. Return those it no longer holds (cancelled, or rescued by the reaper): job
+        id -> the row's status now (None: no such row). A row another statement is
+        writing right now is skipped, and counts as held."""
+        ...
 
     async def promote_due(self, queue: str, now: datetime, limit: int) -> list[Ready]:
         """SCHEDULED/FAILED jobs due by ``now`` -> PENDING, in due order; at most ``limit``."""
@@ -334,6 +378,44 @@ class Store(Protocol):
         """The queue's cron entries as recorded, by name."""
         ...
 
+    # ---- pausing a queue, and limits per job type ----
+
+    async def set_paused(self, queue: str, paused: bool, now: datetime) -> None:
+        """Pause or resume the queue: while it is paused, `claim_jobs` and `claim_limited`
+        take nothing of it."""
+        ...
+
+    async def is_paused(self, queue: str) -> bool: ...
+
+    async def held_among(self, queue: str, ids: Sequence[str], now: datetime) -> Held:
+        """Of ``ids`` that `claim_jobs` did not take, the ready ones it held back, and why."""
+        ...
+
+    async def set_limits(
+        self, queue: str, limits: dict[str, Limit], unlimited: Sequence[str], now: datetime
+    ) -> None:
+        """Record the limits of these job types, and that ``unlimited`` types have none."""
+        ...
+
+    async def claim_limited(
+        self, queue: str, job_type: str, ids: Sequence[str], worker_id: str, now: datetime
+    ) -> LimitedClaim:
+        """Claim ready jobs of the limited ``job_type`` among ``ids``, as many as its limits
+        allow now, highest priority first; decided under a lock of the type's limits, so
+        concurrent claims in any number of processes never exceed them."""
+        ...
+
+    # ---- progress of running jobs (issue 14) ----
+
+    async def set_progress(self, updates: Sequence[Progress], worker_id: str) -> list[str]:
+        """Store each update's progress on its job, in one statement, where the job's
+        row still carries the update's lease (its ``attempt``, and ``locked_by`` =
+        ``worker_id``) whatever its status: the last value of a run may be written just
+        after the run's outcome, never over a later run. Return the ids written. A row
+        another statement is writing at that moment is skipped, not waited for (the
+        caller tries it again)."""
+        ...
+
 
 class Broker(Protocol):
     """The dispatch queue: per-queue sets of ready job ids, lowest score first. What
@@ -399,3 +481,24 @@ class Broker(Protocol):
         """Mark the queue as waited on, and wait up to ``wait`` seconds for a
         `publish_finished` naming one of ``ids``; True if one came."""
         ...
+
+    async def park(self, queue: str, job_type: str, popped: dict[str, float]) -> None:
+        """Set popped ids of a limited job type aside (with their scores), out of the
+        queue's set: other types flow past them. `unpark` brings them back."""
+        ...
+
+    async def unpark(self, queue: str, job_type: str, count: int) -> int:
+        """Move up to ``count`` parked ids of ``job_type`` back to the queue's set, lowest
+        score first, atomically; return how many moved."""
+        ...
+
+
+# ---- progress of running jobs (issue 14) ----
+
+
+@attrs.frozen
+class Progress:
+    """The latest progress of a run, for `Store.set_progress`: ``progress`` is JSON text."""
+
+    lease: Lease
+    progress: str

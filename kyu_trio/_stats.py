@@ -25,3 +25,5 @@ class Stats:
     lag_seconds: float
     #: Jobs completed in the last 60 seconds.
     completed_last_minute: int
+    #: Whether the queue is paused (`Queue.pause`): no job of it starts until resumed.
+    paused: bool = False

@@ -51,7 +51,9 @@ from prometheus_client.registry import Collector
 
 from ._errors import KyuError
 from ._runtime._http import Response, Route, serve_http
+from ._runtime._metrics import MergedRegistries
 from ._runtime._queue import Queue
+from ._runtime._serve_queues import serve_queues
 
 #: Set in each child's environment by the supervisor (JSON: index, fd, metrics, overrides).
 CHILD_ENV = "KYU_TRIO_WORKER_PROCESS"
@@ -130,10 +132,10 @@ class WorkerProcess:
                 " unset it"
             ) from None
 
-    def serve(self, queue: Queue) -> None:
-        """Serve ``queue`` as `Queue.serve` does, with its metrics on an ephemeral port;
-        report ``ready`` once serving."""
-        run_unwrapped(partial(self._serve, queue))
+    def serve(self, queues: Sequence[Queue]) -> None:
+        """Serve ``queues`` as `serve_queues` does, with their metrics on an ephemeral
+        port; report ``ready`` once serving."""
+        run_unwrapped(partial(self._serve, queues))
 
     def report_error(self, message: str) -> bool:
         """Tell the supervisor why this process stops; False if it is gone."""
@@ -144,8 +146,9 @@ class WorkerProcess:
             return False
         return True
 
-    async def _serve(self, queue: Queue) -> None:
+    async def _serve(self, queues: Sequence[Queue]) -> None:
         link = trio.socket.from_stdlib_socket(self.link)
+        queue = queues[0]  # its logger speaks for all
         async with trio.open_nursery() as nursery:
             port = 0
             if self.metrics:
@@ -154,25 +157,28 @@ class WorkerProcess:
                 logger = queue.config.logger.getChild("worker_process")
                 logger.setLevel(logging.WARNING)
                 port = await nursery.start(
-                    serve_http, CHILD_METRICS_HOST, 0, _child_routes(queue), logger
+                    serve_http, CHILD_METRICS_HOST, 0, _child_routes(queues), logger
                 )
-            await nursery.start(_serve_then_stop, queue, nursery.cancel_scope)
-            nursery.start_soon(_follow_supervisor, link, queue, f"ready {port}\n".encode())
+            await nursery.start(_serve_then_stop, queues, nursery.cancel_scope)
+            nursery.start_soon(_follow_supervisor, link, queues, f"ready {port}\n".encode())
 
 
 async def _serve_then_stop(
-    queue: Queue,
+    queues: Sequence[Queue],
     done: trio.CancelScope,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     try:
-        await queue.serve(task_status=task_status)
+        # metrics_port=0: the supervisor's endpoint is the one operators scrape.
+        await serve_queues(*queues, metrics_port=0, task_status=task_status)
     finally:
-        done.cancel()  # serve() has ended: stop the metrics endpoint and the link with it
+        done.cancel()  # serving has ended: stop the metrics endpoint and the link with it
 
 
-async def _follow_supervisor(link: trio.socket.SocketType, queue: Queue, ready: bytes) -> None:
+async def _follow_supervisor(
+    link: trio.socket.SocketType, queues: Sequence[Queue], ready: bytes
+) -> None:
     """Report ``ready``, then wait for the supervisor to go away (it never writes)."""
     try:
         while ready:
@@ -181,15 +187,19 @@ async def _follow_supervisor(link: trio.socket.SocketType, queue: Queue, ready: 
             pass
     except OSError:
         pass
-    queue.config.logger.warning("the kyu-trio supervisor is gone: stopping")
-    queue.shutdown()
+    queues[0].config.logger.warning("the kyu-trio supervisor is gone: stopping")
+    for queue in queues:
+        queue.shutdown()
 
 
-def _child_routes(queue: Queue) -> dict[str, Route]:
+def _child_routes(queues: Sequence[Queue]) -> dict[str, Route]:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+    # One exposition of every queue's registry, each sample labelled with its queue.
+    exposed = MergedRegistries([queue.metrics.registry for queue in queues])
+
     async def metrics() -> Response:
-        return Response(200, generate_latest(queue.metrics.registry), CONTENT_TYPE_LATEST)
+        return Response(200, generate_latest(exposed), CONTENT_TYPE_LATEST)
 
     async def healthz() -> Response:
         return Response(200, b"ok\n")

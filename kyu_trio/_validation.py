@@ -18,10 +18,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ._config import MAX_SECONDS, Config, shown
-from ._errors import InvalidJobError, JobNotFound, KyuError
+from ._errors import InvalidJobError, JobNotFound, KyuError, ProgressError
 from ._job import FINAL_STATES, EnqueueRequest, JobStatus
 from ._ports import NewJob
 from ._score import PRIORITY_MAX, PRIORITY_MIN
+from ._tracing import enqueue_context
 
 #: Longest job type, in characters.
 MAX_JOB_TYPE_LENGTH = 200
@@ -279,6 +280,7 @@ def validate_request(item: object, *, config: Config, now: datetime, job_id: str
         job_timeout=timeout,
         status=JobStatus.PENDING if due <= now else JobStatus.SCHEDULED,
         unique_key=unique_key,
+        trace_context=enqueue_context(),
     )
 
 
@@ -325,3 +327,34 @@ def check_final_statuses(statuses: Iterable[JobStatus | str] | JobStatus | str) 
     if not wanted or any(s not in FINAL_STATES for s in wanted):
         raise KyuError("only completed, cancelled and dead jobs can be purged")
     return wanted
+
+
+# ---- progress (issue 14) ----
+
+#: Largest progress value, in bytes of JSON: a progress report is rewritten often, so it
+#: stays small (a counter, a percentage, a short message), not a result.
+MAX_PROGRESS_BYTES = 64 * 1024
+
+
+def encode_progress(value: object) -> str:
+    """``value`` as the JSON text stored in ``kyu_jobs.progress``; `ProgressError` (saying
+    what is wrong) when it cannot be stored.
+
+    Example::
+
+        assert encode_progress({"done": 3, "total": 10}) == '{"done":3,"total":10}'
+    """
+    try:
+        text, size = _encode(value, "progress")
+    except ValueError as exc:
+        raise ProgressError(str(exc)) from None
+    if size > MAX_PROGRESS_BYTES:
+        raise ProgressError(
+            f"progress is {size} bytes of JSON, over the limit of {MAX_PROGRESS_BYTES}: "
+            "report a summary (counts, a percentage, a short message)"
+        )
+    if "\\u0000" in text and _JSON_NUL.search(text):
+        raise ProgressError(
+            "progress must not contain NUL characters (PostgreSQL's jsonb refuses them)"
+        )
+    return text

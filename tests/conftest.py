@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -213,6 +215,38 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture
+def run_example(
+    pg_dsn: str, redis_url: str, queue_name: str
+) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run ``examples/<name>`` against this run's database and Redis, on the test's own
+    queue (KYU_DSN, KYU_REDIS_URL, KYU_QUEUE); assert it exited 0; return the process."""
+
+    def run(name: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        env = {
+            **os.environ,
+            "KYU_DSN": pg_dsn,
+            "KYU_REDIS_URL": redis_url,
+            "KYU_QUEUE": queue_name,
+            "PYTHONIOENCODING": "utf-8",
+        }
+        proc = subprocess.run(
+            [sys.executable, str(EXAMPLES / name), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        assert proc.returncode == 0, (proc.stdout, proc.stderr)
+        return proc
+
+    return run
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import trio
 from .._ports import Ready
 from .._score import score
 from .._waiters import WAITING_TTL
+from ._redis import parked_key
 
 
 class MemoryBroker:
@@ -123,3 +124,16 @@ class MemoryBroker:
                 if wanted & self._last_finished.get(queue, set()):
                     return True
         return False
+
+    async def park(self, queue: str, job_type: str, popped: dict[str, float]) -> None:
+        await trio.lowlevel.checkpoint()
+        self.sets.setdefault(parked_key(queue, job_type), {}).update(popped)
+
+    async def unpark(self, queue: str, job_type: str, count: int) -> int:
+        await trio.lowlevel.checkpoint()
+        moved = self._pop_now(parked_key(queue, job_type), max(count, 0))
+        if moved:
+            self.sets.setdefault(queue, {}).update(moved)
+            self._pushed.set()
+            self._pushed = trio.Event()
+        return len(moved)

@@ -71,6 +71,22 @@ def marker_key(queue: str) -> str:
     return f"{queue}:~epoch"
 
 
+def parked_key(queue: str, job_type: str) -> str:
+    """The set of parked ids of a limited job type ('~': no queue's set collides)."""
+    return f"{queue}:~parked:{job_type}"
+
+
+# ZPOPMIN from the parked set and ZADD to the queue's, in one atomic step: an id is
+# always in exactly one of the two.
+UNPARK = """
+local moved = redis.call('ZPOPMIN', KEYS[1], ARGV[1])
+for i = 1, #moved, 2 do
+    redis.call('ZADD', KEYS[2], moved[i + 1], moved[i])
+end
+return #moved / 2
+"""
+
+
 def _raw_reply(response: Any, **options: Any) -> Any:
     return response
 
@@ -369,3 +385,14 @@ class RedisBroker:
             )
         except redis.exceptions.RedisError as exc:
             raise redis_error(address, exc) from None
+
+    async def park(self, queue: str, job_type: str, popped: dict[str, float]) -> None:
+        if popped:
+            mapping, key = dict(popped), parked_key(queue, job_type)
+            await self._run(lambda r: r.zadd(key, mapping))
+
+    async def unpark(self, queue: str, job_type: str, count: int) -> int:
+        if count <= 0:
+            return 0
+        key = parked_key(queue, job_type)
+        return int(await self._run(lambda r: r.eval(UNPARK, 2, key, queue, count)))

@@ -187,7 +187,7 @@ def inspect(job_id: str, as_json: bool) -> None:
     del data["attempts"]
     width = max(len(k) for k in data)
     for key, value in data.items():
-        if key in ("payload", "result"):
+        if key in ("payload", "result", "progress"):
             shown = one_line(json.dumps(value, ensure_ascii=False))
         elif isinstance(value, datetime):
             shown = format_when(value)
@@ -267,13 +267,45 @@ def _list(
 @connection_options
 @click.argument("job_id", metavar="ID")
 def cancel(job_id: str) -> None:
-    """Cancel a job that has not started (pending, scheduled or failed awaiting a retry).
+    """Cancel a job that has not finished (pending, scheduled, failed awaiting a retry,
+    or running: its run is stopped wherever it runs, and it is not retried).
 
     \b
     Example: kyu-trio cancel 0b5c...
     """
-    _change(job_id, Queue.cancel_job, "only pending, scheduled and failed jobs can be cancelled")
+    _change(
+        job_id,
+        Queue.cancel_job,
+        "only pending, scheduled and failed jobs and running ones can be cancelled",
+    )
     click.echo(f"cancelled {job_id}")
+
+
+@cli.command()
+@connection_options
+def pause() -> None:
+    """Pause the queue, fleet-wide: running jobs finish, no job starts until `kyu-trio
+    resume` (enqueues are still accepted; workers started meanwhile stay paused).
+
+    \b
+    Example: kyu-trio pause --queue kyu:emails
+    """
+    queue = settings().queue_obj()
+    with_queue(queue, Queue.pause)
+    click.echo(f"paused {queue.config.queue_name}")
+
+
+@cli.command()
+@connection_options
+def resume() -> None:
+    """Resume a paused queue: its jobs start again.
+
+    \b
+    Example: kyu-trio resume --queue kyu:emails
+    """
+    queue = settings().queue_obj()
+    with_queue(queue, Queue.resume)
+    click.echo(f"resumed {queue.config.queue_name}")
 
 
 @cli.command()

@@ -41,6 +41,7 @@ def stats_dict(stats: Stats) -> dict[str, Any]:
         "depth": stats.depth,
         "lag_seconds": round(stats.lag_seconds, 3),
         "completed_last_minute": stats.completed_last_minute,
+        "paused": stats.paused,
     }
 
 
@@ -101,7 +102,8 @@ def attempts_table(attempts: Sequence[Attempt]) -> str:
 
 def stats_text(stats: Stats) -> str:
     rows = [[status.value, str(stats.counts.get(status, 0))] for status in JobStatus]
-    lines = [f"queue {stats.queue}", table(["status", "jobs"], rows), ""]
+    state = " (PAUSED: no job starts until `kyu-trio resume`)" if stats.paused else ""
+    lines = [f"queue {stats.queue}{state}", table(["status", "jobs"], rows), ""]
     lines.append(f"depth       {stats.depth} job ids waiting in Redis")
     lines.append(f"lag         {stats.lag_seconds:.1f}s (oldest due job not yet started)")
     lines.append(f"throughput  {stats.completed_last_minute} jobs completed in the last minute")

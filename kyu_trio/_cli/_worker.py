@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from functools import partial
 
 import click
 import trio
@@ -17,6 +18,7 @@ from .._runtime._summary import RunSummary
 from .._stats import Stats
 from ._app import (
     CliError,
+    CliUsageError,
     cli,
     cli_error,
     connection_options,
@@ -44,12 +46,12 @@ def _processes_option(_ctx: click.Context, _param: click.Parameter, value: str) 
 
 @cli.command()
 @connection_options
-@click.argument("app")
+@click.argument("apps", metavar="APP...", nargs=-1, required=True)
 @click.option(
     "--workers",
     "-w",
     type=click.IntRange(1, MAX_WORKERS),
-    help="jobs run at once, per process [default: Config.workers]",
+    help="jobs run at once, per queue and process [default: Config.workers]",
 )
 @click.option(
     "--processes",
@@ -66,17 +68,25 @@ def _processes_option(_ctx: click.Context, _param: click.Parameter, value: str) 
     metavar="PORT",
     help="port of /metrics, /healthz and /readyz; 0: none [default: Config.metrics_port]",
 )
-def worker(app: str, workers: int | None, processes: int, metrics_port: int | None) -> None:
-    """Run workers, scheduler and reaper for APP (module.path:queue) until SIGINT/SIGTERM.
+def worker(
+    apps: tuple[str, ...], workers: int | None, processes: int, metrics_port: int | None
+) -> None:
+    """Run workers, scheduler and reaper for each APP (module.path:queue) until
+    SIGINT/SIGTERM.
+
+    Several APPs serve several queues in one process, with one metrics endpoint (that of
+    the first APP's Config, or --metrics-port) and one signal watcher.
 
     With --processes N, N worker processes share the host's cores under one supervisor
-    (each imports APP afresh): the first signal lets their running jobs finish, a second
-    requeues them at once.
+    (each imports the APPs afresh): the first signal lets their running jobs finish, a
+    second requeues them at once.
 
     \b
     Example: kyu-trio worker app.tasks:queue --workers 10
              kyu-trio worker app.tasks:queue --processes auto
+             kyu-trio worker app.emails:queue app.reports:queue
     """
+    from .._runtime._serve_queues import check_queues, serve_queues
     from .._supervisor import Supervisor, WorkerProcess, run_unwrapped
 
     logging.basicConfig(
@@ -92,7 +102,7 @@ def worker(app: str, workers: int | None, processes: int, metrics_port: int | No
         # One of a supervisor's worker processes: an error goes to the supervisor, which
         # prints the one `error:` line (printed here only if the supervisor is gone).
         try:
-            child.serve(configure(load_queue(app), **child.overrides))
+            child.serve([configure(load_queue(app), **child.overrides) for app in apps])
             return
         except KyuError as exc:
             error: click.ClickException = cli_error(exc)
@@ -103,11 +113,23 @@ def worker(app: str, workers: int | None, processes: int, metrics_port: int | No
         if not child.report_error(error.format_message()):
             raise error
         click.get_current_context().exit(error.exit_code)
-    queue = configure(load_queue(app), workers=workers, metrics_port=metrics_port)
+    if len(apps) > 1 and settings().queue is not None:
+        raise CliUsageError(
+            "--queue names one queue, and there are several APPs: set Config.queue_name in "
+            "each APP's module instead"
+        )
+    queues = [
+        configure(load_queue(app), workers=workers, metrics_port=metrics_port) for app in apps
+    ]
+    queue = queues[0]  # its metrics_host/metrics_port and logger serve them all
+    try:
+        check_queues(queues)
+    except KyuError as exc:
+        raise cli_error(exc) from None
     if processes == 1:
         try:
-            # serve() turns SIGINT/SIGTERM into a graceful stop and returns.
-            run_unwrapped(queue.serve)
+            # serve_queues() turns SIGINT/SIGTERM into a graceful stop and returns.
+            run_unwrapped(partial(serve_queues, *queues))
         except KyuError as exc:
             raise cli_error(exc) from None
         except Exception as exc:  # serve() logged its traceback; one line suffices here
@@ -120,7 +142,7 @@ def worker(app: str, workers: int | None, processes: int, metrics_port: int | No
     if workers is not None:
         overrides["workers"] = workers
     supervisor = Supervisor(
-        command=[sys.executable, "-m", "kyu_trio", "worker", app],
+        command=[sys.executable, "-m", "kyu_trio", "worker", *apps],
         processes=processes,
         overrides=overrides,
         metrics_host=queue.config.metrics_host,

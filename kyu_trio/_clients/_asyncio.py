@@ -43,6 +43,7 @@ from .._store._postgres import (
     schema_known,
     schema_missing,
 )
+from .._tracing import traced_enqueue
 from .._validation import parse_job_id
 from .._waiters import (
     POLL_INTERVAL,
@@ -251,6 +252,7 @@ class AsyncioClient:
         )
         return (await self.enqueue_many([request], conn=conn))[0]
 
+    @traced_enqueue
     async def enqueue_many(
         self,
         jobs: Iterable[EnqueueRequest | tuple[str, Any]],
@@ -315,8 +317,9 @@ class AsyncioClient:
         return job
 
     async def cancel_job(self, job_id: str) -> bool:
-        """Cancel a job that has not started: True if cancelled, False if it is running or
-        finished. Raises `JobNotFound`.
+        """Cancel a job that has not finished: True if cancelled, False if it had already
+        finished. Raises `JobNotFound`. A running job is cancelled wherever it runs, as
+        `Queue.cancel_job` says.
 
         Example::
 
@@ -370,6 +373,35 @@ class AsyncioClient:
         """
         return await self._run(_core.dead_jobs(self._config.queue_name, limit))
 
+    async def pause(self) -> None:
+        """Pause this queue, fleet-wide: running jobs finish, no job of it starts until
+        `resume` (enqueues are still accepted). Stored in PostgreSQL: a restarted worker
+        stays paused.
+
+        Example::
+
+            await client.pause()
+        """
+        await self._run(_core.set_paused(self._config.queue_name, True, datetime.now(UTC)))
+
+    async def resume(self) -> None:
+        """Let the queue's jobs start again after `pause`.
+
+        Example::
+
+            await client.resume()
+        """
+        await self._run(_core.set_paused(self._config.queue_name, False, datetime.now(UTC)))
+
+    async def is_paused(self) -> bool:
+        """Whether the queue is paused.
+
+        Example::
+
+            if await client.is_paused(): ...
+        """
+        return await self._run(_core.is_paused(self._config.queue_name))
+
     async def stats(self) -> Stats:
         """Counts by status, Redis depth, lag and throughput of the last minute.
 
@@ -385,9 +417,10 @@ class AsyncioClient:
             depth = int(await client.zcard(queue))
         except redis.exceptions.RedisError as exc:
             raise redis_error(self._redis_address, exc) from None
+        paused = await self._run(_core.is_paused(queue))
         return _core.make_stats(
             queue, await self._run(counts), await self._run(oldest), await self._run(done),
-            depth, now,
+            depth, now, paused,
         )  # fmt: skip
 
     # ---- results ---------------------------------------------------------------------

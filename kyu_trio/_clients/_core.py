@@ -130,9 +130,22 @@ def make_stats(
     completed: int | None,
     depth: int,
     now: datetime,
+    paused: bool = False,
 ) -> Stats:
     lag = QueueStats(counts, oldest_due).lag(now)
-    return Stats(queue, counts, depth, lag, int(completed or 0))
+    return Stats(queue, counts, depth, lag, int(completed or 0), paused)
+
+
+def set_paused(queue: str, paused: bool, now: datetime) -> Statement[None]:
+    return Statement(q.SET_PAUSED, {"queue": queue, "paused": paused, "now": now}, _nothing)
+
+
+def is_paused(queue: str) -> Statement[bool]:
+    return Statement(q.IS_PAUSED, {"queue": queue}, lambda rows: bool(rows and rows[0][0]))
+
+
+def _nothing(rows: list[TupleRow]) -> None:
+    return None
 
 
 def pending(jobs: Sequence[NewJob], seqs: Sequence[int]) -> list[Ready]:

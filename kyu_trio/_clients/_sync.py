@@ -42,6 +42,7 @@ from .._store._postgres import (
     insert_in_transaction,
     migrate,
 )
+from .._tracing import traced_enqueue
 from .._validation import parse_job_id
 from .._waiters import (
     POLL_INTERVAL,
@@ -249,6 +250,7 @@ class Client:
         )
         return self.enqueue_many([request], conn=conn)[0]
 
+    @traced_enqueue
     def enqueue_many(
         self,
         jobs: Iterable[EnqueueRequest | tuple[str, Any]],
@@ -318,8 +320,9 @@ class Client:
         return job
 
     def cancel_job(self, job_id: str) -> bool:
-        """Cancel a job that has not started: True if cancelled, False if it is running or
-        finished. Raises `JobNotFound`.
+        """Cancel a job that has not finished: True if cancelled, False if it had already
+        finished. Raises `JobNotFound`. A running job is cancelled wherever it runs, as
+        `Queue.cancel_job` says.
 
         Example::
 
@@ -375,6 +378,35 @@ class Client:
         """
         return self._run(_core.dead_jobs(self._config.queue_name, limit))
 
+    def pause(self) -> None:
+        """Pause this queue, fleet-wide: running jobs finish, no job of it starts until
+        `resume` (enqueues are still accepted). Stored in PostgreSQL: a restarted worker
+        stays paused.
+
+        Example::
+
+            client.pause()
+        """
+        self._run(_core.set_paused(self._config.queue_name, True, datetime.now(UTC)))
+
+    def resume(self) -> None:
+        """Let the queue's jobs start again after `pause`.
+
+        Example::
+
+            client.resume()
+        """
+        self._run(_core.set_paused(self._config.queue_name, False, datetime.now(UTC)))
+
+    def is_paused(self) -> bool:
+        """Whether the queue is paused.
+
+        Example::
+
+            if client.is_paused(): ...
+        """
+        return self._run(_core.is_paused(self._config.queue_name))
+
     def stats(self) -> Stats:
         """Counts by status, Redis depth, lag and throughput of the last minute.
 
@@ -387,8 +419,9 @@ class Client:
         counts, oldest, done = _core.stats_statements(queue, now)
         _, client = self._connections()
         depth = int(self._redis_call(client.zcard, queue))
+        paused = self._run(_core.is_paused(queue))
         return _core.make_stats(
-            queue, self._run(counts), self._run(oldest), self._run(done), depth, now
+            queue, self._run(counts), self._run(oldest), self._run(done), depth, now, paused
         )
 
     # ---- results ---------------------------------------------------------------------

@@ -14,7 +14,9 @@ import trio
 from .._cron import CronEntry
 from .._errors import ConfigError, KyuError, UnknownJobType, require_extra
 from .._job import Job
+from .._ports import Limit
 from .._snooze import Backoff
+from ._progress import ProgressFlusher
 
 #: A job's code: called with the decoded JSON payload, returning the job's result (a JSON
 #: value, or None); ``async def`` (run in the worker task), plain ``def`` (run in a
@@ -56,6 +58,8 @@ class HandlerSpec:
     max_snoozes: int | None = None
     #: Replaces the queue's exponential retry policy for this job type.
     backoff: Backoff | None = None
+    #: Fleet-wide concurrency and rate limits of the job type (None: none).
+    limit: Limit | None = None
 
 
 def handler_kind(fn: Handler, *, asyncio: bool) -> HandlerKind:
@@ -83,6 +87,11 @@ class Registry:
         self.cron: list[CronEntry] = []
 
     @property
+    def limits(self) -> dict[str, Limit]:
+        """The registered job types that have limits, and theirs."""
+        return {t: spec.limit for t, spec in self.handlers.items() if spec.limit is not None}
+
+    @property
     def needs_asyncio(self) -> bool:
         return any(spec.kind == "asyncio" for spec in self.handlers.values())
 
@@ -101,15 +110,22 @@ class Registry:
             )
         self.cron.append(entry)
 
-    async def execute(self, job: Job, threads: trio.CapacityLimiter | None = None) -> Any:
+    async def execute(
+        self,
+        job: Job,
+        threads: trio.CapacityLimiter | None = None,
+        progress: ProgressFlusher | None = None,
+    ) -> Any:
         """Run ``job`` through the middleware chain and its handler, with `current_job` set;
         return what the handler returned.
 
         The handler is looked up inside the chain, so middleware sees unknown job types
         fail like any other error. A plain ``def`` handler runs in a thread drawn through
-        ``threads`` (trio's default limiter, 40 threads, when None).
+        ``threads`` (trio's default limiter, 40 threads, when None). `Job.set_progress`
+        reports to ``progress`` (without one, it raises `KyuError`).
         """
         token = _current_job.set(job)
+        report = progress.start(job) if progress is not None else None
         # The handler's value bypasses the middleware: a middleware written before results
         # existed (``await call_next()`` without returning it) must not lose it.
         returned: list[Any] = []
@@ -119,6 +135,8 @@ class Registry:
                 call = functools.partial(mw, job, call)
             await call()
         finally:
+            if report is not None:
+                report.end()
             _current_job.reset(token)
         return returned[-1] if returned else None
 

@@ -8,18 +8,22 @@ jobs of its own queue. Several workers pushing the same job is harmless (the sam
 member with the same score), and so is a push of a job already claimed (a claim is
 conditional on the row). A notification missed while the listener was reconnecting is
 repaired by the reaper's sweep, which pushes pending rows the broker lacks.
+
+The same connection hears of running jobs that `cancel_job` cancelled (``kyu_cancelled``)
+and hands their ids to the pool, which cancels those it runs; one missed is found by the
+pool's heartbeat.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable
+from typing import Protocol, runtime_checkable
 
 import trio
 
 from .._errors import KyuConnectionError
 from .._ports import Ready
-from .._store._postgres import PostgresStore
 from ._outage import Outage
 from ._service import Context
 
@@ -39,17 +43,46 @@ def parse_enqueued(payload: str) -> tuple[str, Ready] | None:
         return None
 
 
+@runtime_checkable
+class NotifyingStore(Protocol):
+    """A store that tells of what other processes committed: `PostgresStore` (LISTEN)
+    and `MemoryStore` (callbacks)."""
+
+    async def listen_enqueued(
+        self,
+        listening: Callable[[], None],
+        deliver: Callable[[list[str]], None],
+        cancelled: Callable[[list[str]], None] | None = None,
+    ) -> None: ...
+
+
+def parse_cancelled(payload: str) -> tuple[str, str] | None:
+    """``"<id> <queue>"`` (a ``kyu_cancelled`` notification) as (queue, id)."""
+    job_id, space, queue = payload.partition(" ")
+    return (queue, job_id) if space and job_id else None
+
+
 class EnqueueListener:
     """``catch_up`` runs each time the listener starts listening (at start and after a
     reconnection): it pushes what committed while nobody listened (the reaper's pass),
-    so those jobs do not wait for the reaper's next interval."""
+    so those jobs do not wait for the reaper's next interval.
+
+    ``cancelled``, when given, is called with the id of each running job of this queue
+    that `cancel_job` cancelled, as soon as the cancel commits (the pool then cancels the
+    run if it holds it). One missed while the listener reconnects is found by the
+    holder's heartbeat."""
 
     def __init__(
-        self, context: Context, store: PostgresStore, catch_up: Callable[[], Awaitable[object]]
+        self,
+        context: Context,
+        store: NotifyingStore,
+        catch_up: Callable[[], Awaitable[object]],
+        cancelled: Callable[[str], None] | None = None,
     ) -> None:
         self._ctx = context
         self._store = store
         self._catch_up = catch_up
+        self._cancelled = cancelled
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         ctx = self._ctx
@@ -67,7 +100,8 @@ class EnqueueListener:
             task_status.started()
             while True:
                 try:
-                    await self._store.listen_enqueued(listening, send.send_nowait)
+                    stopped = None if self._cancelled is None else self._on_cancelled
+                    await self._store.listen_enqueued(listening, send.send_nowait, stopped)
                 except KyuConnectionError as exc:
                     await outage.wait(exc)
 
@@ -104,3 +138,11 @@ class EnqueueListener:
             if parsed is not None and parsed[0] == self._ctx.queue:
                 ready.append(parsed[1])
         return ready
+
+    def _on_cancelled(self, batch: list[str]) -> None:
+        """Called in trio by the store as cancels commit; must not raise or block."""
+        assert self._cancelled is not None
+        for payload in batch:
+            parsed = parse_cancelled(payload)
+            if parsed is not None and parsed[0] == self._ctx.queue:
+                self._cancelled(parsed[1])

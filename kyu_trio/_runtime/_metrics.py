@@ -12,7 +12,7 @@ global settings, which belong to the application.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TypeVar
 
 import attrs
@@ -23,6 +23,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.registry import Collector
 
 UNKNOWN = "unknown"
 #: A sample that takes longer than this counts as the servers being down.
@@ -49,7 +50,8 @@ HELP = {
         "Runs that this process's workers finished and recorded, by outcome: completed; "
         "failed (a retry is scheduled); dead (no retry left, also counting jobs this "
         "process's reaper declared dead); requeued (put back at shutdown without spending "
-        "a retry); snoozed (the handler raised Snooze)"
+        "a retry); snoozed (the handler raised Snooze); cancelled (cancel_job cancelled it "
+        "while it ran)"
     ),
     "kyu_job_failures": (
         "Runs that this process's workers recorded as failed or dead (the handler raised, "
@@ -92,6 +94,7 @@ HELP = {
         f"waits (PostgreSQL); {_SAMPLED}"
     ),
     "kyu_jobs_by_status": f"Jobs of the whole queue in PostgreSQL, by status; {_SAMPLED}",
+    "kyu_queue_paused": f"1 while the queue is paused (Queue.pause), else 0; {_SAMPLED}",
     "kyu_up": (
         "1 when this process's last check (every metrics_sample_interval: the queue-wide "
         f"sample on the leader, a ping elsewhere) reached PostgreSQL and Redis within "
@@ -141,6 +144,7 @@ class QueueSample:
     depth: int
     lag: float
     by_status: dict[str, int]
+    paused: bool = False
 
 
 class _Histogram:
@@ -223,7 +227,7 @@ class Metrics:
         self.sample: QueueSample | None = None
         #: Whether the last check (a sample, or a follower's ping) reached both servers.
         self.up = False
-        for status in ("completed", "failed", "dead", "requeued", "snoozed"):
+        for status in ("completed", "failed", "dead", "requeued", "snoozed", "cancelled"):
             self.tally.processed[status] = 0
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)
@@ -246,7 +250,8 @@ class Metrics:
         self.tally.observe_wait(self.job_type(job_type), max(wait, 0.0))
 
     def finished(self, job_type: str, status: str, duration: float) -> None:
-        """``status``: completed, failed (retry scheduled), dead, requeued or snoozed."""
+        """``status``: completed, failed (retry scheduled), dead, requeued, snoozed or
+        cancelled."""
         self.tally.finished(self.job_type(job_type), status, duration)
 
     def lost(self, dead: int) -> None:
@@ -284,6 +289,9 @@ class Metrics:
         yield _gauge("kyu_queue_lag_seconds", q, {} if sample is None else {(): sample.lag})
         yield _gauge(
             "kyu_jobs_by_status", q, {} if sample is None else _keyed(sample.by_status), "status"
+        )
+        yield _gauge(
+            "kyu_queue_paused", q, {} if sample is None else {(): 1 if sample.paused else 0}
         )
         yield _gauge("kyu_up", q, {(): 1 if self.up else 0})
         yield _gauge("kyu_leader", q, {(): self.leader.get()})
@@ -333,3 +341,37 @@ def _cumulative(h: _Histogram, bounds: tuple[float, ...]) -> tuple[list[tuple[st
         # The `le` text prometheus-client writes: 0.005, 1.0, +Inf.
         buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), float(running)))
     return buckets, total
+
+
+class MergedRegistries(Collector):
+    """The registries of several queues as one exposition, for one metrics endpoint.
+
+    Families of the same name are merged (HELP and TYPE once). A sample held alike by
+    several registries, i.e. the same name and labels (each queue's registry has its own
+    ``process_`` and ``python_info`` collectors, all reading this one process), appears
+    once; ``kyu_`` samples never collide, as each carries its queue's name.
+
+    Example::
+
+        generate_latest(MergedRegistries([queue_a.metrics.registry, queue_b.metrics.registry]))
+    """
+
+    def __init__(self, registries: Sequence[CollectorRegistry]) -> None:
+        self._registries = list(registries)
+
+    def collect(self) -> Iterator[Metric]:
+        merged: dict[str, Metric] = {}
+        seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+        for registry in self._registries:
+            for family in registry.collect():
+                into = merged.get(family.name)
+                if into is None:
+                    into = merged[family.name] = Metric(
+                        family.name, family.documentation, family.type, family.unit
+                    )
+                for sample in family.samples:
+                    key = (sample.name, tuple(sorted(sample.labels.items())))
+                    if key not in seen:
+                        seen.add(key)
+                        into.samples.append(sample)
+        return iter(merged.values())

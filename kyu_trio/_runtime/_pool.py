@@ -26,6 +26,7 @@ from collections.abc import Iterator
 import attrs
 import trio
 
+from .. import _tracing
 from .._config import Config, shown
 from .._errors import KyuConnectionError, KyuError, ServerError
 from .._job import Job, JobStatus
@@ -34,6 +35,7 @@ from .._retry import RetryPolicy
 from .._snooze import Snooze, backoff_seconds, snooze_of
 from .._text import indented_block, one_line
 from .._validation import encode_result
+from ._gate import ClaimGate
 from ._handlers import Registry
 from ._outage import Outage
 from ._outcomes import (
@@ -47,6 +49,7 @@ from ._outcomes import (
     snooze_limit_message,
     timeout_message,
 )
+from ._progress import ProgressFlusher
 from ._service import Context
 
 #: How long an idle fetcher blocks in one pop; bounds how late it notices a shutdown.
@@ -123,6 +126,14 @@ class WorkerPool:
         #: would only grow.
         self.recorded: list[Outcome] | None = [] if drain else None
         self._written: set[str] = set()  # ids the store took, until `_record` reports them
+        # Cancelling running jobs: the scope of each job whose handler runs now, and the
+        # jobs held here whose row says the run is over (cancelled, or rescued), with
+        # that status, until their outcome is logged.
+        self._run_scopes: dict[str, trio.CancelScope] = {}
+        self._lost: dict[str, str] = {}
+        self._progress = ProgressFlusher(self._store, worker_id, self._log)
+        self._gate = ClaimGate(context, registry, worker_id)  # pause and limits
+        self._limits_recorded = trio.Event()
 
     # ---- control -------------------------------------------------------------------
 
@@ -177,7 +188,13 @@ class WorkerPool:
         all_written = trio.Event()
         try:
             async with trio.open_nursery() as outer:
+                # Not awaited here: a read-only PostgreSQL must not keep serve() from
+                # starting; the fetchers wait for it instead (no claim before the limits
+                # are in place).
+                outer.start_soon(self._record_limits)
+                outer.start_soon(self._gate.unparker)
                 outer.start_soon(self._heartbeat)
+                outer.start_soon(self._progress.run)
                 outer.start_soon(self._completer, out_recv, all_written)
                 async with out_send, jobs_recv:
                     try:
@@ -207,6 +224,18 @@ class WorkerPool:
                 leftovers = [Outcome(Kind.REQUEUE, job, 0.0) for job in self._held.values()]
                 with trio.CancelScope(shield=True):
                     await self._record(leftovers)
+
+    async def _record_limits(self) -> None:
+        outage = Outage(self._log, f"worker {self._worker_id} recording its job type limits")
+        while True:
+            try:
+                await self._gate.record_limits()
+            except KyuConnectionError as exc:
+                await outage.wait(exc)
+                continue
+            outage.recovered()
+            self._limits_recorded.set()
+            return
 
     async def _take_slots(self) -> int:
         await self._slots.acquire()
@@ -245,7 +274,12 @@ class WorkerPool:
         busy = True
         async with jobs_send:
             with scope:
+                await self._limits_recorded.wait()
                 while True:
+                    if self._gate.paused:
+                        if self._drain:
+                            return
+                        await self._gate.wait_resumed()
                     free = await self._take_slots()
                     try:
                         popped = {}
@@ -320,6 +354,8 @@ class WorkerPool:
         claimed = await self._store.claim_jobs(
             self._queue, list(popped), self._worker_id, self._clock.now()
         )
+        if len(claimed) < len(popped):  # stale ids, or held back: paused, limited
+            claimed += await self._gate.held_back(popped, claimed)
         outage.recovered()
         now = self._clock.now()
         for job in claimed:
@@ -428,10 +464,12 @@ class WorkerPool:
                     else:
                         started = trio.current_time()
                         scope.deadline = started + job.job_timeout
+                        _tracing.hooks().run_started(job)  # the `otel` extra: the run's span
                         error: BaseException | None = None
                         value = None
+                        self._run_scopes[job.id] = scope  # what cancel_running cancels
                         try:
-                            value = await self._registry.execute(job, self._threads)
+                            value = await self._registry.execute(job, self._threads, self._progress)
                         except BaseException as exc:
                             # SystemExit from a library's sys.exit(), KeyboardInterrupt or
                             # GeneratorExit raised by the handler's code are its failure
@@ -442,6 +480,7 @@ class WorkerPool:
                         # No checkpoint since the handler returned: the deadline cannot
                         # have cancelled anything in between.
                         scope.deadline = math.inf
+                        self._run_scopes.pop(job.id, None)
                         duration = trio.current_time() - started
                         snooze = None if error is None else snooze_of(error)
                         if snooze is not None:
@@ -460,11 +499,16 @@ class WorkerPool:
             raise
         finally:
             self._job_scopes.discard(scope)
+            if job is not None:
+                self._run_scopes.pop(job.id, None)
         # Our scope was cancelled: by the running job's deadline, or by shutdown (then the
-        # deadline had not passed yet). Between jobs, nothing was running.
+        # deadline had not passed yet), or because the row is no longer ours (cancelled,
+        # rescued: see `_stopped`). Between jobs, nothing was running.
         if job is not None:
             duration = trio.current_time() - started
-            if self._cancelling and trio.current_time() < scope.deadline:
+            if job.id in self._lost:
+                outcome = self._stopped(job, duration)
+            elif self._cancelling and trio.current_time() < scope.deadline:
                 outcome = Outcome(Kind.REQUEUE, job, duration)
             else:
                 outcome = self._failed(
@@ -478,6 +522,7 @@ class WorkerPool:
     ) -> None:
         """Hand the outcome to the completer (no checkpoint), or write it here if the
         completer is gone (serve() is being cancelled)."""
+        _tracing.hooks().run_ended(outcome)  # ends the run's span (the `otel` extra)
         try:
             out_send.send_nowait(outcome)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -626,6 +671,8 @@ class WorkerPool:
             unwritten[outcome.kind].append(outcome)
         unanswered = False
         with self._until_give_up():
+            # A job that shows its outcome shows its last progress too.
+            await self._progress.flush_ended(o.job.id for o in outcomes)
             while unwritten:
                 unanswered = True
                 try:
@@ -663,6 +710,7 @@ class WorkerPool:
         ]
         if finished:
             await self._announce(finished)
+        await self._gate.released(o.job.job_type for o in outcomes)
 
     #: Until when announcing is off after Redis failed to answer one (trio time).
     _announce_quiet_until: float = -math.inf
@@ -763,11 +811,13 @@ class WorkerPool:
                 written = await self._store.complete_jobs(leases, self._worker_id, now, results)
             else:  # the call a store written before results existed also takes
                 written = await self._store.complete_jobs(leases, self._worker_id, now)
+            await self._learn_cancelled(outcomes, written)
             for o in outcomes:
                 self._log_outcome(o, "completed", logging.DEBUG)
         elif kind is Kind.FAIL:
             failures: list[Failure] = [o.failure for o in outcomes if o.failure is not None]
             written = await self._store.fail_jobs(failures, self._worker_id, now)
+            await self._learn_cancelled(outcomes, written)
             for o in outcomes:
                 assert o.failure is not None
                 if o.failure.status is JobStatus.DEAD:
@@ -779,6 +829,7 @@ class WorkerPool:
         else:
             ready = await self._store.requeue_jobs(leases, self._worker_id, now)
             written = [r.id for r in ready]
+            await self._learn_cancelled(outcomes, written)
             for o in outcomes:
                 self._log_outcome(o, "requeued", logging.WARNING)
             await self._ctx.push_or_log(ready)
@@ -792,6 +843,10 @@ class WorkerPool:
         return len(self._held)
 
     def _log_outcome(self, outcome: Outcome, event: str, level: int) -> None:
+        if self._lost and outcome.job.id in self._lost:
+            if not self._lost_run(outcome):
+                return
+            event, level = "cancelled", logging.INFO
         self._metrics.finished(outcome.job.job_type, event, outcome.duration)
         if not self._log.isEnabledFor(level):
             return
@@ -841,7 +896,83 @@ class WorkerPool:
                 continue
             leases = [Lease(job.id, job.attempt) for job in self._held.values()]
             try:
-                await self._store.heartbeat(leases, self._worker_id, self._clock.now())
+                lost = await self._store.heartbeat(leases, self._worker_id, self._clock.now())
                 outage.recovered()
+                self._stop_lost_runs(lost)
             except KyuConnectionError as exc:
                 outage.failed(exc)
+
+    # ---- cancelling running jobs (issue 14) ----------------------------------------
+
+    def cancel_running(self, job_id: str) -> None:
+        """`cancel_job` cancelled this job while it ran (its notification arrived): if a
+        handler of this pool runs it, cancel that handler's scope now. Nothing is written:
+        the row says ``cancelled`` already, and the run's own outcome write is fenced off
+        (see `_learn_cancelled` for a job whose handler had just returned). Other ids are
+        ignored: every process of the queue hears of every cancel."""
+        scope = self._run_scopes.get(job_id)
+        if scope is not None:
+            self._lost[job_id] = JobStatus.CANCELLED.value
+            scope.cancel()
+
+    def _stop_lost_runs(self, lost: dict[str, JobStatus | None]) -> None:
+        """The heartbeat found leases this pool no longer holds: cancelled (and the
+        notification was lost) or rescued by the reaper. A handler still running on one
+        is cancelled; one that has returned is left alone: its write is fenced off."""
+        for job_id, status in lost.items():
+            scope = self._run_scopes.get(job_id)
+            if scope is None:
+                continue
+            self._lost[job_id] = "deleted" if status is None else status.value
+            scope.cancel()
+
+    async def _learn_cancelled(self, outcomes: list[Outcome], written: list[str]) -> None:
+        """Some outcomes' fenced write wrote nothing: find out which of those jobs were
+        cancelled (a cancel that won the race against the run's own write, before its
+        notification arrived), so that they are logged and counted as cancelled. A read
+        only when a write was fenced off, which almost never happens; best effort."""
+        if len(written) == len(outcomes):
+            return
+        taken = set(written)
+        unknown = [
+            o.job.id for o in outcomes if o.job.id not in taken and o.job.id not in self._lost
+        ]
+        if not unknown:
+            return
+        jobs: list[Job] = []
+        with trio.move_on_after(ANNOUNCE_LIMIT), contextlib.suppress(KyuError):
+            jobs = await self._store.get_jobs(unknown)
+        for job in jobs:
+            if job.status is JobStatus.CANCELLED:
+                self._lost[job.id] = job.status.value
+
+    def _stopped(self, job: Job, duration: float) -> Outcome:
+        """The outcome of a run stopped because its row is no longer ours. Its write is
+        fenced off and writes nothing (the row says what happened); it goes through the
+        completer all the same, which logs it and lets go of the job. A cancelled run
+        says so (for the log, metrics and tracing); any other is handed back."""
+        if self._lost[job.id] != JobStatus.CANCELLED.value:
+            return Outcome(Kind.REQUEUE, job, duration)
+        message = "Cancelled: cancelled while running"
+        lease = Lease(job.id, job.attempt)
+        stopped = Failure(lease, JobStatus.CANCELLED, message, outcome="cancelled")
+        return Outcome(Kind.FAIL, job, duration, stopped)
+
+    def _lost_run(self, outcome: Outcome) -> bool:
+        """A run whose row was no longer ours ended: True if it was cancelled (the caller
+        logs and counts it so), else say here what happened to it."""
+        status = self._lost.pop(outcome.job.id)
+        if status == JobStatus.CANCELLED.value:
+            return True
+        self._log.warning(
+            "job %s: this worker no longer held it (it is %s now: rescued by the reaper "
+            "after missed heartbeats, or deleted), so its run was stopped",
+            outcome.job.id,
+            status,
+            extra={
+                "job_id": outcome.job.id,
+                "job_type": outcome.job.job_type,
+                "kyu_event": "lost",
+            },
+        )
+        return False

@@ -19,9 +19,11 @@ from .._cron import CronState, new_cron_entry
 from .._errors import ConfigError, JobNotFound, KyuConnectionError, KyuError, NotConnectedError
 from .._ids import new_job_ids
 from .._job import FINAL_STATES, EnqueueRequest, Job, JobStatus
+from .._limits import check_job_limits
 from .._ports import Broker, CancelOutcome, Store
 from .._snooze import Backoff, check_backoff, check_max_snoozes
 from .._stats import Stats
+from .._tracing import traced_enqueue
 from .._validation import (
     check_age,
     check_final_statuses,
@@ -124,6 +126,8 @@ class Queue:
         asyncio: bool = False,
         max_snoozes: int | None = None,
         backoff: Backoff | None = None,
+        concurrency: int | None = None,
+        rate_limit: tuple[int, float] | None = None,
     ) -> None:
         """Run ``fn(payload)`` for jobs of ``job_type``; registering again replaces it.
 
@@ -135,11 +139,18 @@ class Queue:
         ``backoff(attempt) -> seconds`` replaces the queue's exponential retry policy for
         this job type: ``attempt`` counts the job's failures, this one included.
 
+        ``concurrency=n``: at most ``n`` jobs of this type run at once, across every
+        process serving the queue. ``rate_limit=(count, per_seconds)``: at most ``count``
+        of them start in any window of ``per_seconds`` (a sliding window), fleet-wide.
+        Jobs over a limit wait without spending a retry, and other types run past them.
+        Register the same limits in every process: a serving process records its own.
+
         Example::
 
             queue.register("resize", resize_image)
             queue.register("fetch", fetch_with_aiohttp, asyncio=True)
             queue.register("sync", sync_crm, backoff=lambda attempt: 10.0 * attempt)
+            queue.register("call_api", call_api, concurrency=5, rate_limit=(10, 1.0))
         """
         check_job_type(job_type)
         max_snoozes = check_max_snoozes(max_snoozes)
@@ -154,6 +165,7 @@ class Queue:
             handler_kind(fn, asyncio=asyncio),
             max_snoozes=max_snoozes,
             backoff=check_backoff(backoff),
+            limit=check_job_limits(concurrency, rate_limit),
         )
         self.metrics.forget_labels()
 
@@ -164,6 +176,8 @@ class Queue:
         asyncio: bool = False,
         max_snoozes: int | None = None,
         backoff: Backoff | None = None,
+        concurrency: int | None = None,
+        rate_limit: tuple[int, float] | None = None,
     ) -> Callable[[H], H]:
         """Decorator form of `register`.
 
@@ -174,7 +188,15 @@ class Queue:
         """
 
         def decorate(fn: H) -> H:
-            self.register(job_type, fn, asyncio=asyncio, max_snoozes=max_snoozes, backoff=backoff)
+            self.register(
+                job_type,
+                fn,
+                asyncio=asyncio,
+                max_snoozes=max_snoozes,
+                backoff=backoff,
+                concurrency=concurrency,
+                rate_limit=rate_limit,
+            )
             return fn
 
         return decorate
@@ -433,6 +455,7 @@ class Queue:
         )
         return ids[0]
 
+    @traced_enqueue
     async def enqueue_many(
         self,
         jobs: Iterable[EnqueueRequest | tuple[str, Any]],
@@ -481,13 +504,21 @@ class Queue:
         return job
 
     async def cancel_job(self, job_id: str) -> bool:
-        """Cancel a job that has not started: True if cancelled, False if it is running or
-        finished. Raises `JobNotFound` when there is no such job.
+        """Cancel a job that has not finished: True if cancelled, False if it had already
+        finished (completed, dead or cancelled). Raises `JobNotFound` when there is no
+        such job.
+
+        A running job is cancelled wherever it runs: its handler's cancel scope is
+        cancelled on the process that holds it (usually within milliseconds; a lost
+        notification is caught by that process's next heartbeat), its ``finally`` blocks
+        run, and it is recorded ``cancelled`` (attempt outcome ``cancelled``), never
+        retried. A plain ``def`` handler's thread cannot be interrupted: the job is still
+        recorded cancelled and the thread is abandoned. See docs/how-to/cancellation.md.
 
         Example::
 
             if not await queue.cancel_job(job_id):
-                print("too late: it already ran or is running")
+                print("too late: it already finished")
         """
         key = parse_job_id(job_id)
         ctx = self._context()
@@ -613,7 +644,43 @@ class Queue:
         queue_stats = await ctx.store.queue_stats(ctx.queue, now)
         depth = await ctx.broker.size(ctx.queue)
         done = await ctx.store.completed_since(ctx.queue, now - timedelta(minutes=1))
-        return Stats(ctx.queue, queue_stats.counts, depth, queue_stats.lag(now), done)
+        return Stats(
+            ctx.queue, queue_stats.counts, depth, queue_stats.lag(now), done, queue_stats.paused
+        )
+
+    async def pause(self) -> None:
+        """Pause this queue, fleet-wide: jobs already running finish, no job of the queue
+        starts until `resume` (in every process serving it, within a second or two), and
+        enqueues are still accepted. Stored in PostgreSQL, so a worker started while the
+        queue is paused stays paused.
+
+        Example::
+
+            await queue.pause()      # e.g. during a deploy of what the jobs call
+            await queue.resume()
+        """
+        ctx = self._context()
+        await ctx.store.set_paused(ctx.queue, True, self._clock.now())
+
+    async def resume(self) -> None:
+        """Let the queue's jobs start again after `pause`.
+
+        Example::
+
+            await queue.resume()
+        """
+        ctx = self._context()
+        await ctx.store.set_paused(ctx.queue, False, self._clock.now())
+
+    async def is_paused(self) -> bool:
+        """Whether the queue is paused.
+
+        Example::
+
+            if await queue.is_paused(): ...
+        """
+        ctx = self._context()
+        return await ctx.store.is_paused(ctx.queue)
 
     async def schema_version(self) -> tuple[int, int]:
         """The database's kyu-trio schema version when this queue connected (before
@@ -676,14 +743,28 @@ class Queue:
         It returns only after a signal, `shutdown()` or cancellation. An unexpected error in
         any of its tasks requeues every job this process holds, is logged with its
         traceback, and is raised (the error itself when it is the only one, else the
-        group).
+        group). To serve several queues in one process, with one metrics endpoint, use
+        `serve_queues`.
 
         Example::
 
             trio.run(queue.serve)
         """
-        async with metrics_listeners(self.config) as listeners, self._connected() as runtime:
-            self._serving = serving = Serving(runtime, listeners)
+        async with metrics_listeners(self.config) as listeners:
+            await self._serve(listeners, watch_signals=True, task_status=task_status)
+
+    async def _serve(
+        self,
+        listeners: list[trio.SocketListener],
+        *,
+        watch_signals: bool,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """`serve`, with its metrics endpoint on ``listeners`` (none: no endpoint), and
+        SIGINT/SIGTERM watched only with ``watch_signals``: `serve_queues` runs this for
+        each of its queues, with one endpoint and one signal watcher for all of them."""
+        async with self._connected() as runtime:
+            self._serving = serving = Serving(runtime, listeners, watch_signals=watch_signals)
             if self._shutdown_requested:
                 serving.shutdown()
             try:

@@ -50,6 +50,7 @@ class Sampler:
             depth=depth,
             lag=stats.lag(now),
             by_status={status.value: stats.counts.get(status, 0) for status in JobStatus},
+            paused=stats.paused,
         )
         ctx.metrics.up = True
 

@@ -4,9 +4,10 @@ runs): signals, the metrics endpoint, and what a crash of any task means."""
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 
@@ -22,7 +23,8 @@ from ._cron import CronService
 from ._handlers import Registry
 from ._http import Response, Route, open_http_listeners, serve_http
 from ._leader import LeaderService, Leadership
-from ._listener import EnqueueListener
+from ._listener import EnqueueListener, NotifyingStore
+from ._metrics import MergedRegistries
 from ._outage import Outage
 from ._pool import WorkerPool
 from ._pruner import Pruner
@@ -136,9 +138,17 @@ class Serving:
     """One `Queue.serve` call: runs workers, scheduler, reaper, sampler, the metrics
     endpoint and the signal watcher until `shutdown`, then stops them gracefully."""
 
-    def __init__(self, runtime: Runtime, listeners: list[trio.SocketListener]) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        listeners: list[trio.SocketListener],
+        *,
+        watch_signals: bool = True,
+    ) -> None:
         self._runtime = runtime
         self._listeners = listeners
+        # False under serve_queues, which watches signals once for all its queues.
+        self._watch_signals = watch_signals
         self._stop = trio.Event()
         self.pool = runtime.new_pool(drain=False)
         self.leadership: Leadership | None = None
@@ -157,10 +167,17 @@ class Serving:
                 await nursery.start(leadership.run)
                 sampler = Sampler(ctx, config.metrics_sample_interval, lambda: leadership.leading)
                 await nursery.start(sampler.run)
-                if isinstance(ctx.store, PostgresStore):
+                if isinstance(ctx.store, NotifyingStore):
                     # Jobs enqueued inside callers' transactions (conn=) reach the
-                    # broker through it.
-                    listener = EnqueueListener(ctx, ctx.store, runtime.reaper.run_once)
+                    # broker through it (what it missed while away, the reaper's pass
+                    # pushes; only PostgreSQL can miss any), and cancels of running
+                    # jobs reach the pool.
+                    catch_up = (
+                        runtime.reaper.run_once
+                        if isinstance(ctx.store, PostgresStore)
+                        else trio.lowlevel.checkpoint
+                    )
+                    listener = EnqueueListener(ctx, ctx.store, catch_up, pool.cancel_running)
                     await nursery.start(listener.run)
                 if self._listeners:
                     self.metrics_port = await nursery.start(
@@ -173,8 +190,8 @@ class Serving:
                             listeners=self._listeners,
                         )
                     )
-                if threading.current_thread() is threading.main_thread():
-                    await nursery.start(self._watch_signals)
+                if self._watch_signals and threading.current_thread() is threading.main_thread():
+                    await nursery.start(self._watch_signals_task)
                 await nursery.start(self._supervise_pool, nursery.cancel_scope)
                 ctx.log.info(
                     "serving queue %r with %d workers as %s",
@@ -199,31 +216,7 @@ class Serving:
             raise crashed from exc
 
     def _routes(self) -> dict[str, Route]:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        ctx = self._runtime.context
-
-        async def metrics() -> Response:
-            return Response(200, generate_latest(ctx.metrics.registry), CONTENT_TYPE_LATEST)
-
-        async def healthz() -> Response:
-            return Response(200, b"ok\n")
-
-        async def readyz() -> Response:
-            problems = []
-            for name, check in (("PostgreSQL", ctx.store.ping), ("Redis", ctx.broker.ping)):
-                try:
-                    with trio.fail_after(READY_CHECK_LIMIT):
-                        await check()
-                except KyuConnectionError as exc:
-                    problems.append(str(exc))
-                except trio.TooSlowError:
-                    problems.append(f"{name} did not answer within {READY_CHECK_LIMIT}s")
-            if problems:
-                return Response(503, ("not ready: " + "; ".join(problems) + "\n").encode())
-            return Response(200, b"ready\n")
-
-        return {"/metrics": metrics, "/healthz": healthz, "/readyz": readyz}
+        return metrics_routes([self._runtime.context])
 
     async def _supervise_pool(
         self,
@@ -241,25 +234,17 @@ class Serving:
         # The pool has stopped and recorded every outcome: stop the maintenance tasks.
         done.cancel()
 
-    async def _watch_signals(
+    async def _watch_signals_task(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        log, grace = self._runtime.context.log, self._runtime.config.shutdown_grace
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            task_status.started()
-            seen = 0
-            async for signum in signals:
-                seen += 1
-                if seen == 1:
-                    log.warning(
-                        "%s: finishing running jobs (up to %.0fs; signal again to stop now)",
-                        signal.Signals(signum).name,
-                        grace,
-                    )
-                    self.shutdown()
-                else:
-                    log.warning("second signal: requeueing running jobs now")
-                    self.pool.cancel_jobs()
+        runtime = self._runtime
+        await watch_signals(
+            runtime.context.log,
+            runtime.config.shutdown_grace,
+            self.shutdown,
+            self.pool.cancel_jobs,
+            task_status=task_status,
+        )
 
 
 @asynccontextmanager
@@ -275,3 +260,81 @@ async def metrics_listeners(config: Config) -> AsyncIterator[list[trio.SocketLis
     finally:
         for listener in listeners:  # serve_http closes them, unless it never started
             await trio.aclose_forcefully(listener)
+
+
+# ---- shared with serve_queues (several queues, one endpoint, one signal watcher) ---------
+
+
+def metrics_routes(contexts: Sequence[Context]) -> dict[str, Route]:
+    """/metrics, /healthz and /readyz over the queues of ``contexts``: one exposition of
+    all their registries (their samples carry a ``queue`` label), and ready when every
+    queue reaches its PostgreSQL and Redis."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    exposed = MergedRegistries([ctx.metrics.registry for ctx in contexts])
+    several = len(contexts) > 1
+
+    async def metrics() -> Response:
+        return Response(200, generate_latest(exposed), CONTENT_TYPE_LATEST)
+
+    async def healthz() -> Response:
+        return Response(200, b"ok\n")
+
+    async def readyz() -> Response:
+        checks = [
+            (ctx, name, check)
+            for ctx in contexts
+            for name, check in (("PostgreSQL", ctx.store.ping), ("Redis", ctx.broker.ping))
+        ]
+        found: list[str | None] = [None] * len(checks)
+
+        async def run(i: int) -> None:
+            ctx, name, check = checks[i]
+            try:
+                with trio.fail_after(READY_CHECK_LIMIT):
+                    await check()
+            except KyuConnectionError as exc:
+                found[i] = str(exc)
+            except trio.TooSlowError:
+                found[i] = f"{name} did not answer within {READY_CHECK_LIMIT}s"
+            if found[i] is not None and several:
+                found[i] = f"queue {ctx.queue!r}: {found[i]}"
+
+        # At once: N queues must not take N times the check limit to answer.
+        async with trio.open_nursery() as nursery:
+            for i in range(len(checks)):
+                nursery.start_soon(run, i)
+        problems = [p for p in found if p is not None]
+        if problems:
+            return Response(503, ("not ready: " + "; ".join(problems) + "\n").encode())
+        return Response(200, b"ready\n")
+
+    return {"/metrics": metrics, "/healthz": healthz, "/readyz": readyz}
+
+
+async def watch_signals(
+    log: logging.Logger,
+    grace: float,
+    shutdown: Callable[[], None],
+    cancel_jobs: Callable[[], None],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """SIGINT/SIGTERM: the first calls ``shutdown`` (running jobs get ``grace`` seconds),
+    any later one ``cancel_jobs`` (requeue them now). One per process: a second receiver
+    would take the signals from the first."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        seen = 0
+        async for signum in signals:
+            seen += 1
+            if seen == 1:
+                log.warning(
+                    "%s: finishing running jobs (up to %.0fs; signal again to stop now)",
+                    signal.Signals(signum).name,
+                    grace,
+                )
+                shutdown()
+            else:
+                log.warning("second signal: requeueing running jobs now")
+                cancel_jobs()

@@ -11,6 +11,7 @@ import json
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import TypeGuard
 
 import attrs
 import trio
@@ -22,9 +23,13 @@ from .._ports import (
     CancelResult,
     Failure,
     Fence,
+    Held,
     LeaderInfo,
     Lease,
+    Limit,
+    LimitedClaim,
     NewJob,
+    Progress,
     QueueStats,
     Ready,
 )
@@ -51,6 +56,7 @@ def _new_row(new: NewJob, now: datetime) -> Job:
         created_at=now,
         updated_at=now,
         unique_key=new.unique_key,
+        trace_context=new.trace_context,
     )
 
 
@@ -67,10 +73,17 @@ class MemoryStore:
         self._unique_keys: dict[str, str] = {}
         # Runs that did not complete, as PostgreSQL's kyu_attempts holds them.
         self._history: defaultdict[str, list[Attempt]] = defaultdict(list)
+        # Paused queues (kyu_queues), and limits by (queue, job type) with the recent
+        # starts of rate-limited types, oldest first (kyu_limits).
+        self._paused: set[str] = set()
+        self._limits: dict[tuple[str, str], Limit] = {}
+        self._starts: dict[tuple[str, str], list[datetime]] = {}
         # Queue -> its maintenance lease: holder, term, expires_at (kyu_leaders).
         self._leaders: dict[str, tuple[str, int, datetime]] = {}
         # (queue, name) -> the cron entry's row (kyu_cron).
         self._cron: dict[tuple[str, str], CronState] = {}
+        # What `listen_enqueued` registered: told of each running job cancelled.
+        self._cancel_listeners: list[Callable[[list[str]], None]] = []
 
     def _record(self, job: Job, now: datetime, outcome: str, failure: Failure | None) -> None:
         runs = self._history[job.id]
@@ -192,9 +205,19 @@ class MemoryStore:
         job = self.jobs.get(job_id)
         if job is None:
             return CancelResult(CancelOutcome.NOT_FOUND)
-        if job.status not in READY_STATES:
+        running = job.status is JobStatus.RUNNING
+        if job.status not in READY_STATES and not running:
             return CancelResult(CancelOutcome.NOT_CANCELLABLE, job.queue)
         self.jobs[job_id] = attrs.evolve(job, status=JobStatus.CANCELLED, updated_at=now)
+        if running:
+            # As PostgreSQL's CANCEL_JOB: the run joins the history, and whoever listens
+            # is told at "commit" (here, at once).
+            lease = Lease(job.id, job.attempt)
+            message = "Cancelled: cancelled while running"
+            stopped = Failure(lease, JobStatus.CANCELLED, message, outcome="cancelled")
+            self._record(job, now, "cancelled", stopped)
+            for listener in list(self._cancel_listeners):
+                listener([f"{job.id} {job.queue}"])
         return CancelResult(CancelOutcome.CANCELLED, job.queue)
 
     async def dead_jobs(self, queue: str, limit: int) -> list[Job]:
@@ -207,28 +230,37 @@ class MemoryStore:
         self, queue: str, ids: Sequence[str], worker_id: str, now: datetime
     ) -> list[Job]:
         await trio.lowlevel.checkpoint()
-        claimed = []
+        claimed: list[Job] = []
+        if queue in self._paused:
+            return claimed
         for job_id in dict.fromkeys(ids):
             job = self.jobs.get(job_id)
-            if (
-                job is None
-                or job.queue != queue
-                or job.status not in READY_STATES
-                or (job.status is not JobStatus.PENDING and job.scheduled_at > now)
-            ):
+            if not self._ready_now(job, queue, now) or (queue, job.job_type) in self._limits:
                 continue
-            job = attrs.evolve(
-                job,
-                status=JobStatus.RUNNING,
-                locked_by=worker_id,
-                locked_at=now,
-                heartbeat_at=now,
-                attempt=job.attempt + 1,
-                updated_at=now,
-            )
-            self.jobs[job_id] = job
+            job = self._claim_now(job, worker_id, now)
             claimed.append(job)
         return claimed
+
+    def _ready_now(self, job: Job | None, queue: str, now: datetime) -> TypeGuard[Job]:
+        return (
+            job is not None
+            and job.queue == queue
+            and job.status in READY_STATES
+            and (job.status is JobStatus.PENDING or job.scheduled_at <= now)
+        )
+
+    def _claim_now(self, job: Job, worker_id: str, now: datetime) -> Job:
+        job = attrs.evolve(
+            job,
+            status=JobStatus.RUNNING,
+            locked_by=worker_id,
+            locked_at=now,
+            heartbeat_at=now,
+            attempt=job.attempt + 1,
+            updated_at=now,
+        )
+        self.jobs[job.id] = job
+        return job
 
     async def claimed_by(self, queue: str, ids: Sequence[str], worker_id: str) -> list[Job]:
         await trio.lowlevel.checkpoint()
@@ -307,11 +339,17 @@ class MemoryStore:
             for job in held
         ]
 
-    async def heartbeat(self, leases: Sequence[Lease], worker_id: str, now: datetime) -> int:
+    async def heartbeat(
+        self, leases: Sequence[Lease], worker_id: str, now: datetime
+    ) -> dict[str, JobStatus | None]:
         await trio.lowlevel.checkpoint()
-        return len(
-            self._change_held(leases, worker_id, lambda job: attrs.evolve(job, heartbeat_at=now))
-        )
+        self._change_held(leases, worker_id, lambda job: attrs.evolve(job, heartbeat_at=now))
+        lost: dict[str, JobStatus | None] = {}
+        for lease in leases:
+            if self._held(lease, worker_id) is None:
+                job = self.jobs.get(lease.id)
+                lost[lease.id] = None if job is None else job.status
+        return lost
 
     async def promote_due(self, queue: str, now: datetime, limit: int) -> list[Ready]:
         await trio.lowlevel.checkpoint()
@@ -371,7 +409,7 @@ class MemoryStore:
             counts[job.status] += 1
             if job.status in READY_STATES and job.scheduled_at <= now:
                 oldest = job.scheduled_at if oldest is None else min(oldest, job.scheduled_at)
-        return QueueStats(counts, oldest)
+        return QueueStats(counts, oldest, queue in self._paused)
 
     async def ping(self) -> None:
         await trio.lowlevel.checkpoint()
@@ -565,3 +603,110 @@ class MemoryStore:
     async def cron_states(self, queue: str) -> list[CronState]:
         await trio.lowlevel.checkpoint()
         return sorted((r for (q, _), r in self._cron.items() if q == queue), key=lambda r: r.name)
+
+    # ---- pausing a queue, and limits per job type ----
+
+    async def set_paused(self, queue: str, paused: bool, now: datetime) -> None:
+        await trio.lowlevel.checkpoint()
+        if paused:
+            self._paused.add(queue)
+        else:
+            self._paused.discard(queue)
+
+    async def is_paused(self, queue: str) -> bool:
+        await trio.lowlevel.checkpoint()
+        return queue in self._paused
+
+    async def held_among(self, queue: str, ids: Sequence[str], now: datetime) -> Held:
+        await trio.lowlevel.checkpoint()
+        ready = [job for job in map(self.jobs.get, ids) if self._ready_now(job, queue, now)]
+        if ready and queue in self._paused:
+            return Held(True, {})
+        limited: dict[str, list[str]] = {}
+        for job in ready:
+            if (queue, job.job_type) in self._limits:
+                limited.setdefault(job.job_type, []).append(job.id)
+        return Held(False, limited)
+
+    async def set_limits(
+        self, queue: str, limits: dict[str, Limit], unlimited: Sequence[str], now: datetime
+    ) -> None:
+        await trio.lowlevel.checkpoint()
+        for job_type, limit in limits.items():
+            self._limits[queue, job_type] = limit
+        for job_type in unlimited:
+            self._limits.pop((queue, job_type), None)
+            self._starts.pop((queue, job_type), None)
+
+    async def claim_limited(
+        self, queue: str, job_type: str, ids: Sequence[str], worker_id: str, now: datetime
+    ) -> LimitedClaim:
+        await trio.lowlevel.checkpoint()
+        limit = self._limits.get((queue, job_type))
+        candidates = [
+            job
+            for job in map(self.jobs.get, dict.fromkeys(ids))
+            if self._ready_now(job, queue, now) and job.job_type == job_type
+        ]
+        candidates.sort(key=lambda j: (-j.priority, self._seq[j.id]))
+        if queue in self._paused:
+            return LimitedClaim([], None)
+        if limit is None:  # no longer limited
+            return LimitedClaim([self._claim_now(j, worker_id, now) for j in candidates], None)
+        room = len(candidates)
+        if limit.concurrency is not None:
+            running = sum(
+                1
+                for j in self.jobs.values()
+                if j.queue == queue and j.job_type == job_type and j.status is JobStatus.RUNNING
+            )
+            room = min(room, max(limit.concurrency - running, 0))
+        recent: list[datetime] = []
+        starts = self._starts.get((queue, job_type), [])
+        clock = max([now, *starts])  # as PostgreSQL: never before the last recorded start
+        if limit.rate_count is not None and limit.rate_per is not None:
+            window = timedelta(seconds=limit.rate_per)
+            recent = [t for t in starts if t > clock - window]
+            room = min(room, max(limit.rate_count - len(recent), 0))
+        claimed = [self._claim_now(j, worker_id, now) for j in candidates[:room]]
+        next_start = None
+        if limit.rate_count is not None and limit.rate_per is not None:
+            kept = (recent + [clock] * len(claimed))[-limit.rate_count :]
+            self._starts[queue, job_type] = kept
+            if len(kept) >= limit.rate_count:
+                next_start = kept[0] + timedelta(seconds=limit.rate_per)
+        return LimitedClaim(claimed, next_start)
+
+    # ---- progress of running jobs (issue 14) ----
+
+    async def set_progress(self, updates: Sequence[Progress], worker_id: str) -> list[str]:
+        await trio.lowlevel.checkpoint()
+        written = []
+        for update in updates:
+            job = self.jobs.get(update.lease.id)
+            # The run's lease, whatever the status: as PostgreSQL's SET_PROGRESS.
+            if job is None or job.locked_by != worker_id or job.attempt != update.lease.attempt:
+                continue
+            self.jobs[job.id] = attrs.evolve(job, progress=json.loads(update.progress))
+            written.append(job.id)
+        return written
+
+    # ---- cancelling running jobs (issue 14) ----
+
+    async def listen_enqueued(
+        self,
+        listening: Callable[[], None],
+        deliver: Callable[[list[str]], None],
+        cancelled: Callable[[list[str]], None] | None = None,
+    ) -> None:
+        """As `PostgresStore.listen_enqueued`, until cancelled. Nothing is ever enqueued in
+        a caller's transaction here, so ``deliver`` is never called; ``cancelled`` is
+        called by `cancel_job` as it cancels a running job (``"<id> <queue>"``)."""
+        if cancelled is not None:
+            self._cancel_listeners.append(cancelled)
+        try:
+            listening()
+            await trio.sleep_forever()
+        finally:
+            if cancelled is not None:
+                self._cancel_listeners.remove(cancelled)

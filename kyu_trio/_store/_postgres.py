@@ -12,7 +12,9 @@ import os
 import re
 import socket
 import threading
+import time
 import weakref
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from datetime import datetime, timedelta
@@ -40,9 +42,13 @@ from .._ports import (
     CancelResult,
     Failure,
     Fence,
+    Held,
     LeaderInfo,
     Lease,
+    Limit,
+    LimitedClaim,
     NewJob,
+    Progress,
     QueueStats,
     Ready,
 )
@@ -199,9 +205,11 @@ def _to_job(row: TupleRow, attempts_kept: int | None = None) -> Job:
         result,
         unique_key,
     ) = row[:20]
+    # Columns later migrations appended to JOB_COLUMNS, in its order; then the history.
+    progress, trace_context = row[20:22]
     attempts: tuple[Attempt, ...] = ()
-    if len(row) > 20 and row[20]:
-        attempts = tuple(_to_attempt(a) for a in row[20])
+    if len(row) > 22 and row[22]:
+        attempts = tuple(_to_attempt(a) for a in row[22])
         if attempts_kept is not None:
             attempts = attempts[-attempts_kept:]
     return Job(
@@ -226,6 +234,50 @@ def _to_job(row: TupleRow, attempts_kept: int | None = None) -> Job:
         result=result,
         attempts=attempts,
         unique_key=unique_key,
+        progress=progress,
+        trace_context=trace_context,
+    )
+
+
+def _claimed_job(row: TupleRow, queue: str, worker_id: str, now: datetime) -> Job:
+    """A row of `q.CLAIMED_COLUMNS` as the `Job` the claim made: the columns the claim
+    itself set are known without reading them back."""
+    (
+        id_,
+        job_type,
+        payload,
+        priority,
+        scheduled_at,
+        max_retries,
+        retry_count,
+        error_message,
+        job_timeout,
+        created_at,
+        attempt,
+        unique_key,
+        trace_context,
+    ) = row[:13]
+    return Job(
+        id=str(id_),
+        queue=queue,
+        job_type=job_type,
+        payload=decode_payload(payload),
+        status=JobStatus.RUNNING,
+        priority=priority,
+        scheduled_at=scheduled_at,
+        max_retries=max_retries,
+        retry_count=retry_count,
+        error_message=error_message,
+        locked_by=worker_id,
+        locked_at=now,
+        completed_at=None,
+        job_timeout=job_timeout,
+        created_at=created_at,
+        updated_at=now,
+        attempt=attempt,
+        heartbeat_at=now,
+        unique_key=unique_key,
+        trace_context=trace_context,
     )
 
 
@@ -293,6 +345,7 @@ def insert_one_params(job: NewJob, now: datetime, *, notify: bool = False) -> di
         "now": now,
         "needs_push": notify and job.status is JobStatus.PENDING,
         "unique_key": job.unique_key,  # read by INSERT_UNIQUE and UNIQUE_HOLDER only
+        "trace_context": job.trace_context,
     }
 
 
@@ -313,6 +366,7 @@ def copy_row(job: NewJob, seq: int, now: datetime, *, notify: bool = False) -> t
         now,
         now,
         notify and job.status is JobStatus.PENDING,
+        job.trace_context,
     )
 
 
@@ -356,7 +410,7 @@ def _insert_keyed(
     rows = [insert_one_params(job, now, notify=notify) for job in keyed]
     columns = ("id", "queue", "job_type", "payload", "status", "priority", "scheduled_at")
     params: dict[str, Any] = {c: [r[c] for r in rows] for c in columns}
-    for c in ("max_retries", "job_timeout", "needs_push", "unique_key"):
+    for c in ("max_retries", "job_timeout", "needs_push", "unique_key", "trace_context"):
         params[c] = [r[c] for r in rows]
     params["now"] = now
     written = dict(conn.execute(q.INSERT_UNIQUE_MANY, params).fetchall())
@@ -775,13 +829,21 @@ class PostgresStore:
         return await self._run(insert)
 
     async def listen_enqueued(
-        self, listening: Callable[[], None], deliver: Callable[[list[str]], None]
+        self,
+        listening: Callable[[], None],
+        deliver: Callable[[list[str]], None],
+        cancelled: Callable[[list[str]], None] | None = None,
     ) -> None:
         """Listen for jobs enqueued in callers' transactions (``kyu_enqueued``) until
         cancelled, on a connection of its own: ``listening()`` once listening, then
         ``deliver(payloads)`` with each batch received, both called in trio. Raises
         `KyuConnectionError` when the connection fails (notifications sent meanwhile are
-        lost: the reaper's sweep pushes their jobs)."""
+        lost: the reaper's sweep pushes their jobs).
+
+        With ``cancelled``, also listens for running jobs that `cancel_job` cancelled
+        (``kyu_cancelled``, payloads ``"<id> <queue>"``), handed over before the
+        enqueued ones of the same packet (those lost meanwhile: the heartbeat finds
+        them)."""
 
         def listen(call: _Call) -> None:
             conn = psycopg.connect(
@@ -795,10 +857,18 @@ class PostgresStore:
                 call.attach(conn)
                 try:
                     conn.execute(q.LISTEN_ENQUEUED)
+                    if cancelled is not None:
+                        conn.execute(q.LISTEN_CANCELLED)
                     trio.from_thread.run_sync(listening)
                     while True:
                         # stop_after=1: return with the first packet's notifications.
-                        batch = [n.payload for n in conn.notifies(stop_after=1)]
+                        batch: list[str] = []
+                        stopped: list[str] = []
+                        for n in conn.notifies(stop_after=1):
+                            is_cancel = n.channel == q.CANCELLED_CHANNEL
+                            (stopped if is_cancel else batch).append(n.payload)
+                        if stopped and cancelled is not None:
+                            trio.from_thread.run_sync(cancelled, stopped)
                         if batch:
                             trio.from_thread.run_sync(deliver, batch)
                 finally:
@@ -854,44 +924,7 @@ class PostgresStore:
                 return []
             params = {"ids": uuids, "queue": queue, "worker": worker_id, "now": now}
             rows = conn.execute(q.CLAIM_JOBS, params).fetchall()
-            # The columns the claim itself set are known without reading them back.
-            return [
-                Job(
-                    id=str(id_),
-                    queue=queue,
-                    job_type=job_type,
-                    payload=decode_payload(payload),
-                    status=JobStatus.RUNNING,
-                    priority=priority,
-                    scheduled_at=scheduled_at,
-                    max_retries=max_retries,
-                    retry_count=retry_count,
-                    error_message=error_message,
-                    locked_by=worker_id,
-                    locked_at=now,
-                    completed_at=None,
-                    job_timeout=job_timeout,
-                    created_at=created_at,
-                    updated_at=now,
-                    attempt=attempt,
-                    heartbeat_at=now,
-                    unique_key=unique_key,
-                )
-                for (
-                    id_,
-                    job_type,
-                    payload,
-                    priority,
-                    scheduled_at,
-                    max_retries,
-                    retry_count,
-                    error_message,
-                    job_timeout,
-                    created_at,
-                    attempt,
-                    unique_key,
-                ) in rows
-            ]
+            return [_claimed_job(row, queue, worker_id, now) for row in rows]
 
         claimed = await self._run(claim, lease=True)
         order = {job_id: i for i, job_id in enumerate(ids)}
@@ -970,13 +1003,16 @@ class PostgresStore:
         params["keep"] = self._attempts_kept
         return await self._ready_rows(q.REQUEUE_JOBS, params)
 
-    async def heartbeat(self, leases: Sequence[Lease], worker_id: str, now: datetime) -> int:
+    async def heartbeat(
+        self, leases: Sequence[Lease], worker_id: str, now: datetime
+    ) -> dict[str, JobStatus | None]:
         if not leases:
-            return 0
+            return {}
         params = self._lease_params(leases, worker_id, now)
 
-        def beat(conn: psycopg.Connection[Any]) -> int:
-            return conn.execute(q.HEARTBEAT, params).rowcount
+        def beat(conn: psycopg.Connection[Any]) -> dict[str, JobStatus | None]:
+            rows = conn.execute(q.HEARTBEAT, params).fetchall()
+            return {job_id: None if s is None else JobStatus(s) for job_id, s in rows}
 
         return await self._run(beat, lease=True)
 
@@ -1008,7 +1044,8 @@ class PostgresStore:
             for status, n in conn.execute(q.COUNT_BY_STATUS, (queue,)).fetchall():
                 counts[JobStatus(status)] = int(n)
             row = conn.execute(q.OLDEST_DUE, {"queue": queue, "now": now}).fetchone()
-            return QueueStats(counts, row[0] if row else None)
+            paused = conn.execute(q.IS_PAUSED, {"queue": queue}).fetchone()
+            return QueueStats(counts, row[0] if row else None, bool(paused and paused[0]))
 
         return await self._run(stats)
 
@@ -1200,3 +1237,107 @@ class PostgresStore:
             return [CronState(*row) for row in rows]
 
         return await self._run(states)
+
+    # ---- pausing a queue, and limits per job type ----
+
+    async def set_paused(self, queue: str, paused: bool, now: datetime) -> None:
+        params = {"queue": queue, "paused": paused, "now": now}
+
+        def set_paused(conn: psycopg.Connection[Any]) -> None:
+            conn.execute(q.SET_PAUSED, params)
+
+        await self._run(set_paused)
+
+    async def is_paused(self, queue: str) -> bool:
+        def paused(conn: psycopg.Connection[Any]) -> bool:
+            row = conn.execute(q.IS_PAUSED, {"queue": queue}).fetchone()
+            return bool(row and row[0])
+
+        return await self._run(paused)
+
+    async def held_among(self, queue: str, ids: Sequence[str], now: datetime) -> Held:
+        params = {"queue": queue, "ids": _uuid_array(ids), "now": now}
+
+        def held(conn: psycopg.Connection[Any]) -> Held:
+            paused, limited = False, defaultdict[str, list[str]](list)
+            for is_paused, job_id, job_type, is_limited in conn.execute(q.HELD_AMONG, params):
+                paused = paused or is_paused
+                if is_limited:
+                    limited[job_type].append(job_id)
+            return Held(paused, {} if paused else dict(limited))
+
+        return await self._run(held, lease=True)
+
+    async def set_limits(
+        self, queue: str, limits: dict[str, Limit], unlimited: Sequence[str], now: datetime
+    ) -> None:
+        rows = [
+            {
+                "queue": queue,
+                "job_type": job_type,
+                "concurrency": limit.concurrency,
+                "rate_count": limit.rate_count,
+                "rate_per": limit.rate_per,
+                "now": now,
+            }
+            for job_type, limit in limits.items()
+        ]
+
+        def record(conn: psycopg.Connection[Any]) -> None:
+            cleared = {"queue": queue, "job_types": list(unlimited)}
+            stale = bool(unlimited) and bool(conn.execute(q.LIMITED_AMONG, cleared).fetchall())
+            if not rows and not stale:
+                return
+            with conn.transaction():
+                if rows:
+                    conn.cursor().executemany(q.SET_LIMIT, rows)
+                if stale:
+                    conn.execute(q.CLEAR_LIMITS, cleared)
+
+        await self._run(record)
+
+    async def claim_limited(
+        self, queue: str, job_type: str, ids: Sequence[str], worker_id: str, now: datetime
+    ) -> LimitedClaim:
+        params = {
+            "queue": queue,
+            "job_type": job_type,
+            "ids": _uuid_array(ids),
+            "worker": worker_id,
+            "now": now,
+        }
+
+        called = time.monotonic()
+
+        def claim(conn: psycopg.Connection[Any]) -> LimitedClaim:
+            # Starts are counted in windows of time: stamp them when the claim runs, not
+            # when it was asked for (the thread and the connection may have kept it).
+            params["now"] = now + timedelta(seconds=time.monotonic() - called)
+            with conn.transaction():
+                conn.execute(q.LOCK_LIMIT, params)
+                rows = conn.execute(q.LIMITED_CLAIM, params).fetchall()
+            claimed = [_claimed_job(r, queue, worker_id, now) for r in rows if r[0] is not None]
+            order = {job_id: i for i, job_id in enumerate(ids)}
+            claimed.sort(key=lambda j: order.get(j.id, 0))
+            next_start = next((r[-1] for r in rows if r[0] is None), None)
+            return LimitedClaim(claimed, next_start)
+
+        return await self._run(claim, lease=True)
+
+    # ---- progress of running jobs (issue 14) ----
+
+    async def set_progress(self, updates: Sequence[Progress], worker_id: str) -> list[str]:
+        if not updates:
+            return []
+        params = {
+            "ids": _uuid_array([u.lease.id for u in updates]),
+            "attempts": _ints([u.lease.attempt for u in updates]),
+            "progress": _jsonb_array([u.progress for u in updates]),
+            "worker": worker_id,
+        }
+
+        def write(conn: psycopg.Connection[Any]) -> list[str]:
+            return [str(r[0]) for r in conn.execute(q.SET_PROGRESS, params).fetchall()]
+
+        # The lease pool, as heartbeats: a progress report needs no wait for the WAL flush.
+        return await self._run(write, lease=True)

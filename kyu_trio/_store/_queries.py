@@ -7,7 +7,7 @@ from __future__ import annotations
 JOB_COLUMNS = (
     "id, queue, job_type, payload, status, priority, scheduled_at, max_retries, retry_count, "
     "error_message, locked_by, locked_at, completed_at, job_timeout, created_at, updated_at, "
-    "attempt, heartbeat_at, result, unique_key"
+    "attempt, heartbeat_at, result, unique_key, progress, trace_context"
 )
 
 # A job's attempt history as one JSON array, oldest first: the recorded runs, and the
@@ -28,7 +28,7 @@ ATTEMPTS_OF_ROW = """(
 CLAIMED_COLUMNS = (
     "id::text, job_type, payload, priority, scheduled_at, max_retries, retry_count, "
     "error_message, "
-    "job_timeout, created_at, attempt, unique_key"
+    "job_timeout, created_at, attempt, unique_key, trace_context"
 )
 
 MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(hashtext('kyu_trio.migrate'))"
@@ -47,16 +47,17 @@ NEXT_SEQS = "SELECT nextval('kyu_jobs_seq') FROM generate_series(1, %s)"
 
 COPY_JOBS = """
 COPY kyu_jobs (id, queue, job_type, payload, status, priority, seq, scheduled_at,
-               max_retries, job_timeout, created_at, updated_at, needs_push)
+               max_retries, job_timeout, created_at, updated_at, needs_push, trace_context)
 FROM STDIN
 """
 
 INSERT_ONE = """
 INSERT INTO kyu_jobs (id, queue, job_type, payload, status, priority, scheduled_at,
-                      max_retries, job_timeout, created_at, updated_at, needs_push)
+                      max_retries, job_timeout, created_at, updated_at, needs_push,
+                      trace_context)
 VALUES (%(id)s, %(queue)s, %(job_type)s, %(payload)s, %(status)s, %(priority)s,
         %(scheduled_at)s, %(max_retries)s, %(job_timeout)s, %(now)s, %(now)s,
-        %(needs_push)s)
+        %(needs_push)s, %(trace_context)s)
 RETURNING seq
 """
 
@@ -67,10 +68,11 @@ RETURNING seq
 # another transaction makes this wait for that transaction's end.
 INSERT_UNIQUE = """
 INSERT INTO kyu_jobs (id, queue, job_type, payload, status, priority, scheduled_at,
-                      max_retries, job_timeout, created_at, updated_at, needs_push, unique_key)
+                      max_retries, job_timeout, created_at, updated_at, needs_push, unique_key,
+                      trace_context)
 VALUES (%(id)s, %(queue)s, %(job_type)s, %(payload)s, %(status)s, %(priority)s,
         %(scheduled_at)s, %(max_retries)s, %(job_timeout)s, %(now)s, %(now)s,
-        %(needs_push)s, %(unique_key)s)
+        %(needs_push)s, %(unique_key)s, %(trace_context)s)
 ON CONFLICT (queue, unique_key)
     WHERE unique_key IS NOT NULL AND status IN ('pending', 'scheduled', 'running', 'failed')
     DO NOTHING
@@ -82,15 +84,16 @@ RETURNING seq
 # is written (the later ones conflict with it). Returns the rows written.
 INSERT_UNIQUE_MANY = """
 INSERT INTO kyu_jobs (id, queue, job_type, payload, status, priority, scheduled_at,
-                      max_retries, job_timeout, created_at, updated_at, needs_push, unique_key)
+                      max_retries, job_timeout, created_at, updated_at, needs_push, unique_key,
+                      trace_context)
 SELECT id, queue, job_type, payload, status, priority, scheduled_at,
-       max_retries, job_timeout, %(now)s, %(now)s, needs_push, unique_key
+       max_retries, job_timeout, %(now)s, %(now)s, needs_push, unique_key, trace_context
 FROM unnest(%(id)s::uuid[], %(queue)s::text[], %(job_type)s::text[], %(payload)s::text[],
             %(status)s::text[], %(priority)s::smallint[], %(scheduled_at)s::timestamptz[],
             %(max_retries)s::int[], %(job_timeout)s::float8[], %(needs_push)s::bool[],
-            %(unique_key)s::text[])
+            %(unique_key)s::text[], %(trace_context)s::text[])
      WITH ORDINALITY AS t(id, queue, job_type, payload, status, priority, scheduled_at,
-                          max_retries, job_timeout, needs_push, unique_key, n)
+                          max_retries, job_timeout, needs_push, unique_key, trace_context, n)
 ORDER BY n
 ON CONFLICT (queue, unique_key)
     WHERE unique_key IS NOT NULL AND status IN ('pending', 'scheduled', 'running', 'failed')
@@ -113,12 +116,12 @@ WHERE queue = %(queue)s AND unique_key = %(unique_key)s
 """
 
 # Before the first enqueue through a caller's connection: does its database have the
-# schema that enqueue needs (version 5's unique_key)? A query that cannot fail: a
-# failed one would abort the caller's transaction.
+# schema that enqueue needs (version 11's trace_context, the last column an insert
+# writes)? A query that cannot fail: a failed one would abort the caller's transaction.
 SCHEMA_READY = """
 SELECT EXISTS (
     SELECT 1 FROM pg_attribute
-    WHERE attrelid = to_regclass('kyu_jobs') AND attname = 'unique_key' AND NOT attisdropped
+    WHERE attrelid = to_regclass('kyu_jobs') AND attname = 'trace_context' AND NOT attisdropped
 )
 """
 
@@ -138,13 +141,39 @@ GET_JOB = f"SELECT {JOB_COLUMNS}, {ATTEMPTS_OF_ROW} FROM kyu_jobs WHERE id = %s"
 # parameter is a ``{id,id,...}`` array literal (`_uuid_array`).
 GET_JOBS = f"SELECT {JOB_COLUMNS} FROM kyu_jobs WHERE id = ANY(%s::uuid[])"
 
+# One statement for every cancellation: a ready job is simply cancelled; a running one is
+# cancelled too, its run recorded as an attempt with the outcome 'cancelled', and the
+# process that runs it told through a 'kyu_cancelled' notification ("<id> <queue>", the
+# queue last: it may hold spaces), which PostgreSQL delivers at COMMIT. The worker's own
+# later write of that run is fenced by status = 'running' and writes nothing, so a cancel
+# racing the completion ends in exactly one of the two. ``old`` locks the row and reads
+# its status as it is once any concurrent write committed (an UPDATE's RETURNING only
+# sees the new row). The history is not trimmed here: a cancelled job never runs again,
+# and reads keep the last `max_attempts_kept` runs anyway. Returns (the queue if
+# cancelled, the queue if the job exists).
 CANCEL_JOB = """
-WITH cancelled AS (
-    UPDATE kyu_jobs SET status = 'cancelled', updated_at = %(now)s
-    WHERE id = %(id)s AND status IN ('pending', 'scheduled', 'failed')
-    RETURNING queue
+WITH old AS (
+    SELECT id, status FROM kyu_jobs WHERE id = %(id)s FOR UPDATE
+), cancelled AS (
+    UPDATE kyu_jobs AS j SET status = 'cancelled', updated_at = %(now)s
+    FROM old
+    WHERE j.id = %(id)s AND j.id = old.id
+      AND old.status IN ('pending', 'scheduled', 'failed', 'running')
+    RETURNING j.id, j.queue, old.status AS was, j.attempt, j.locked_by, j.locked_at
+), recorded AS (
+    INSERT INTO kyu_attempts
+        (job_id, attempt, worker_id, started_at, finished_at, outcome, error)
+    SELECT id, attempt, locked_by, locked_at, %(now)s, 'cancelled',
+           'Cancelled: cancelled while running'
+    FROM cancelled WHERE was = 'running'
+    ON CONFLICT (job_id, attempt) DO NOTHING
+), notified AS (
+    SELECT pg_notify('kyu_cancelled', id::text || ' ' || queue)
+    FROM cancelled WHERE was = 'running'
 )
+-- A plain CTE runs only if read: the one-row FROM reads ``notified`` whole.
 SELECT (SELECT queue FROM cancelled), (SELECT queue FROM kyu_jobs WHERE id = %(id)s)
+FROM (SELECT count(*) FROM notified) AS sent
 """
 
 DEAD_JOBS = f"""
@@ -167,6 +196,10 @@ SET status = 'running', locked_by = %(worker)s, locked_at = %(now)s, heartbeat_a
 WHERE id = ANY(%(ids)s::uuid[]) AND (queue = %(queue)s) IS TRUE
   AND status IN ('pending', 'scheduled', 'failed')
   AND (status = 'pending' OR scheduled_at <= %(now)s) IS TRUE
+  AND NOT EXISTS (SELECT 1 FROM kyu_queues WHERE queue = %(queue)s AND paused)
+  AND NOT EXISTS (
+      SELECT 1 FROM kyu_limits l WHERE l.queue = %(queue)s AND l.job_type = kyu_jobs.job_type
+  )
 RETURNING {CLAIMED_COLUMNS}
 """
 
@@ -252,6 +285,11 @@ SELECT id::text, priority, seq FROM ended
 # SKIP LOCKED: a heartbeat never waits for a row another statement is writing (that row is
 # being completed, failed or requeued, so it needs no heartbeat), and so it can never be
 # one half of a deadlock with the completer.
+#
+# It returns the leases that are no longer held, with their row's status now (NULL: no
+# row): cancelled, or rescued by the reaper. Read from the statement's snapshot, without
+# locks, so a row being written right now (skipped above) still counts as held: a cancel
+# not yet committed is found by the next heartbeat, if its notification does not come.
 HEARTBEAT = """
 WITH beating AS (
     SELECT j.id FROM kyu_jobs AS j
@@ -259,11 +297,17 @@ WITH beating AS (
       ON j.id = t.id AND j.attempt = t.attempt
     WHERE (j.status = 'running') IS TRUE AND j.locked_by = %(worker)s
     FOR UPDATE OF j SKIP LOCKED
+), beat AS (
+    UPDATE kyu_jobs AS j
+    SET heartbeat_at = %(now)s
+    FROM beating
+    WHERE j.id = beating.id
 )
-UPDATE kyu_jobs AS j
-SET heartbeat_at = %(now)s
-FROM beating
-WHERE j.id = beating.id
+SELECT t.id::text, j.status
+FROM unnest(%(ids)s::uuid[], %(attempts)s::int[]) AS t(id, attempt)
+LEFT JOIN kyu_jobs AS j ON j.id = t.id
+WHERE (j.status = 'running' AND j.attempt = t.attempt AND j.locked_by = %(worker)s)
+      IS NOT TRUE
 """
 
 # The inner SELECT walks kyu_jobs_due_idx; SKIP LOCKED lets two schedulers share the work.
@@ -503,4 +547,150 @@ SELECT queue, name, schedule, timezone, job_type, payload, priority, max_retries
        job_timeout, missed, last_tick, registered, updated_at
 FROM kyu_cron WHERE queue = %(queue)s
 ORDER BY name
+"""
+
+# ---- pausing a queue, and limits per job type (migration 009) ----
+
+SET_PAUSED = """
+INSERT INTO kyu_queues (queue, paused, updated_at) VALUES (%(queue)s, %(paused)s, %(now)s)
+ON CONFLICT (queue) DO UPDATE SET paused = EXCLUDED.paused, updated_at = EXCLUDED.updated_at
+RETURNING paused
+"""
+
+IS_PAUSED = "SELECT coalesce((SELECT paused FROM kyu_queues WHERE queue = %(queue)s), false)"
+
+# Which of the ids a claim did not take are ready, and why they were held back: the queue
+# is paused, or their type is limited (they go through LIMITED_CLAIM).
+HELD_AMONG = """
+SELECT coalesce((SELECT paused FROM kyu_queues WHERE queue = %(queue)s), false),
+       j.id::text, j.job_type, l.job_type IS NOT NULL
+FROM kyu_jobs j
+LEFT JOIN kyu_limits l ON l.queue = j.queue AND l.job_type = j.job_type
+WHERE j.id = ANY(%(ids)s::uuid[]) AND (j.queue = %(queue)s) IS TRUE
+  AND j.status IN ('pending', 'scheduled', 'failed')
+  AND (j.status = 'pending' OR j.scheduled_at <= %(now)s) IS TRUE
+"""
+
+SET_LIMIT = """
+INSERT INTO kyu_limits (queue, job_type, concurrency, rate_count, rate_per, updated_at)
+VALUES (%(queue)s, %(job_type)s, %(concurrency)s, %(rate_count)s, %(rate_per)s, %(now)s)
+ON CONFLICT (queue, job_type) DO UPDATE
+SET concurrency = EXCLUDED.concurrency, rate_count = EXCLUDED.rate_count,
+    rate_per = EXCLUDED.rate_per, updated_at = EXCLUDED.updated_at
+"""
+
+CLEAR_LIMITS = """
+DELETE FROM kyu_limits WHERE queue = %(queue)s AND job_type = ANY(%(job_types)s::text[])
+"""
+
+# Whether CLEAR_LIMITS has anything to do: a worker without limits then writes nothing at
+# start (and starts on a read-only server, as it did before limits existed).
+LIMITED_AMONG = """
+SELECT job_type FROM kyu_limits WHERE queue = %(queue)s AND job_type = ANY(%(job_types)s::text[])
+"""
+
+# The first statement of a limited claim's transaction: from here until COMMIT, no other
+# limited claim of the type runs, and the next statement's snapshot (taken after this
+# lock was granted) sees every claim committed before.
+LOCK_LIMIT = """
+SELECT 1 FROM kyu_limits WHERE queue = %(queue)s AND job_type = %(job_type)s FOR UPDATE
+"""
+
+# The claim of ready jobs of one limited type among ids: as many as the limits allow now
+# (concurrency minus the type's running jobs; rate_count minus the starts of the last
+# rate_per seconds), highest priority first, then oldest; the starts are recorded. Also
+# returns, as a row with a NULL id, when the rate limit next lets a start through.
+LIMITED_CLAIM = f"""
+WITH clock AS (
+    -- Never before the last recorded start: a claim that read the time, then waited for
+    -- the row lock behind a later one, counts its window from the later start, so the
+    -- recorded starts stay in order and no window ever holds more than rate_count.
+    -- The time read before the lock, plus how long the lock took (measured by the
+    -- server's clock, so clock skew cancels out): when the claim really happens.
+    SELECT greatest(
+        %(now)s::timestamptz + (clock_timestamp() - transaction_timestamp()),
+        (SELECT max(s) FROM unnest(starts) AS s)
+    ) AS now
+    FROM kyu_limits WHERE queue = %(queue)s AND job_type = %(job_type)s
+), lim AS (
+    SELECT concurrency, rate_count, rate_per, clock.now,
+           ARRAY(SELECT s FROM unnest(starts) AS s
+                 WHERE s > clock.now - rate_per * interval '1 second' ORDER BY s) AS recent
+    FROM kyu_limits, clock WHERE queue = %(queue)s AND job_type = %(job_type)s
+), room AS (
+    SELECT greatest(least(
+        coalesce(lim.concurrency - (
+            SELECT count(*) FROM kyu_jobs
+            WHERE queue = %(queue)s AND status = 'running' AND job_type = %(job_type)s
+        ), 2147483647),
+        coalesce(lim.rate_count - cardinality(lim.recent), 2147483647)
+    ), 0) AS n
+    FROM lim
+), pick AS (
+    SELECT id FROM kyu_jobs
+    WHERE id = ANY(%(ids)s::uuid[]) AND (queue = %(queue)s) IS TRUE
+      AND job_type = %(job_type)s
+      AND status IN ('pending', 'scheduled', 'failed')
+      AND (status = 'pending' OR scheduled_at <= %(now)s) IS TRUE
+      AND NOT EXISTS (SELECT 1 FROM kyu_queues WHERE queue = %(queue)s AND paused)
+    ORDER BY priority DESC, seq
+    LIMIT (SELECT n FROM room)
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    -- locked_at is the start the window counts: the same time as in kyu_limits.starts.
+    UPDATE kyu_jobs
+    SET status = 'running', locked_by = %(worker)s,
+        locked_at = coalesce((SELECT now FROM clock), %(now)s),
+        heartbeat_at = %(now)s, attempt = attempt + 1, updated_at = %(now)s
+    WHERE id IN (SELECT id FROM pick)
+    RETURNING {CLAIMED_COLUMNS}
+), recorded AS (
+    UPDATE kyu_limits
+    SET starts = CASE WHEN kyu_limits.rate_count IS NULL THEN '{{}}'::timestamptz[] ELSE (
+        SELECT coalesce(array_agg(s ORDER BY s), '{{}}') FROM (
+            SELECT s FROM unnest(
+                lim.recent
+                || array_fill(lim.now, ARRAY[(SELECT count(*) FROM claimed)::int])
+            ) AS s ORDER BY s DESC LIMIT kyu_limits.rate_count
+        ) AS kept(s)) END
+    FROM lim
+    WHERE kyu_limits.queue = %(queue)s AND kyu_limits.job_type = %(job_type)s
+    RETURNING CASE
+        WHEN kyu_limits.rate_count IS NULL
+          OR cardinality(kyu_limits.starts) < kyu_limits.rate_count THEN NULL
+        ELSE kyu_limits.starts[1] + kyu_limits.rate_per * interval '1 second'
+    END AS next_start
+)
+SELECT claimed.*, NULL::timestamptz FROM claimed
+UNION ALL
+SELECT {", ".join(["NULL"] * len(CLAIMED_COLUMNS.split(",")))}, next_start FROM recorded
+"""
+
+# ---- cancelling running jobs ----
+
+#: The channel of the notification `CANCEL_JOB` sends for a running job: "<id> <queue>".
+CANCELLED_CHANNEL = "kyu_cancelled"
+LISTEN_CANCELLED = "LISTEN kyu_cancelled"
+
+# ---- progress of running jobs (issue 14, migration 010) ----
+
+# The latest progress of a pool's jobs, in one statement. Fenced by each run's lease
+# (attempt and locked_by), not by the status: the last value of a run may land just
+# after its outcome, never over a later run (a new claim raises the attempt). SKIP
+# LOCKED as in HEARTBEAT: it never waits for a row another statement is writing, so it
+# is never half of a deadlock with the completer; the flusher tries a skipped row again.
+SET_PROGRESS = """
+WITH held AS (
+    SELECT j.id, t.progress FROM kyu_jobs AS j
+    JOIN unnest(%(ids)s::uuid[], %(attempts)s::int[], %(progress)s::jsonb[])
+         AS t(id, attempt, progress)
+      ON j.id = t.id AND j.attempt = t.attempt
+    WHERE (j.locked_by = %(worker)s) IS TRUE
+    FOR UPDATE OF j SKIP LOCKED
+)
+UPDATE kyu_jobs AS j
+SET progress = held.progress
+FROM held
+WHERE j.id = held.id
+RETURNING j.id::text
 """

@@ -90,3 +90,20 @@ async def test_a_published_finished_id_wakes_its_waiter_and_marks_the_queue_wait
     assert await broker.has_waiters(queue_name)  # the waiter's mark (a short TTL) is set
     with trio.move_on_after(2):
         assert not await broker.wait_finished(queue_name, ["a"], 0.1)  # times out: False
+
+
+async def test_parked_ids_leave_the_queue_and_come_back_in_score_order(
+    broker: Any, queue_name: str
+) -> None:
+    await broker.push(queue_name, [Ready("a1", 0, 1), Ready("b", 0, 2), Ready("a2", 5, 3)])
+    popped = await broker.pop(queue_name, 3)
+    await broker.restore(queue_name, {"b": popped["b"]})
+    await broker.park(queue_name, "a", {i: popped[i] for i in ("a1", "a2")})
+    assert await broker.size(queue_name) == 1  # only b: other types flow past the parked
+    assert await broker.missing(queue_name, ["a1", "a2", "b"]) == ["a1", "a2"]
+    assert await broker.unpark(queue_name, "a", 1) == 1
+    assert list(await broker.pop(queue_name, 5)) == ["a2", "b"]  # priority 5 first
+    assert await broker.unpark(queue_name, "a", 10) == 1
+    assert await broker.unpark(queue_name, "a", 10) == 0
+    assert await broker.unpark(queue_name, "other-type", 3) == 0
+    assert list(await broker.pop(queue_name, 5)) == ["a1"]

@@ -29,7 +29,8 @@ EXPECTED_HELP = {
         "Runs that this process's workers finished and recorded, by outcome: completed; "
         "failed (a retry is scheduled); dead (no retry left, also counting jobs this "
         "process's reaper declared dead); requeued (put back at shutdown without spending "
-        "a retry); snoozed (the handler raised Snooze)"
+        "a retry); snoozed (the handler raised Snooze); cancelled (cancel_job cancelled it "
+        "while it ran)"
     ),
     "kyu_job_failures": (
         "Runs that this process's workers recorded as failed or dead (the handler raised, "
@@ -73,6 +74,7 @@ EXPECTED_HELP = {
         "waits (PostgreSQL); " + LEADER_SAMPLED
     ),
     "kyu_jobs_by_status": "Jobs of the whole queue in PostgreSQL, by status; " + LEADER_SAMPLED,
+    "kyu_queue_paused": "1 while the queue is paused (Queue.pause), else 0; " + LEADER_SAMPLED,
     "kyu_up": (
         "1 when this process's last check (every metrics_sample_interval: the queue-wide "
         "sample on the leader, a ping elsewhere) reached PostgreSQL and Redis within 10 s, "
@@ -85,7 +87,7 @@ EXPECTED_HELP = {
     ),
     "kyu_info": "Always 1: the kyu-trio version of this process and the queue it serves",
 }
-SAMPLED = ("kyu_queue_depth", "kyu_queue_lag_seconds", "kyu_jobs_by_status")
+SAMPLED = ("kyu_queue_depth", "kyu_queue_lag_seconds", "kyu_jobs_by_status", "kyu_queue_paused")
 
 Key = tuple[str, tuple[tuple[str, str], ...]]
 

@@ -11,10 +11,7 @@ all along, are timed from enqueue to start.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -246,24 +243,9 @@ async def test_the_leader_prunes_100k_jobs_in_short_batches_while_workers_run(
     assert max(waits) < LIMIT * 5
 
 
-def test_the_retention_example(pg_dsn: str, redis_url: str, queue_name: str) -> None:
+def test_the_retention_example(run_example: Any) -> None:
     """examples/retention.py, shown in docs/how-to/retention.md."""
-    env = {
-        **os.environ,
-        "KYU_DSN": pg_dsn,
-        "KYU_REDIS_URL": redis_url,
-        "KYU_QUEUE": queue_name,
-        "PYTHONIOENCODING": "utf-8",
-    }
-    proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / "retention.py")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    proc = run_example("retention.py")
     out: str = proc.stdout
     assert re.search(r"^the completed job was deleted \d+\.\d s after it finished$", out, re.M)
     assert "the dead job is kept: dead" in out

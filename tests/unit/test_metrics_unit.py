@@ -7,7 +7,7 @@ from prometheus_client.samples import Sample
 
 from kyu_trio._runtime._metrics import HELP, Metrics, QueueSample
 
-SAMPLED = {"kyu_queue_depth", "kyu_queue_lag_seconds", "kyu_jobs_by_status"}
+SAMPLED = {"kyu_queue_depth", "kyu_queue_lag_seconds", "kyu_jobs_by_status", "kyu_queue_paused"}
 
 
 def samples(metrics: Metrics) -> list[Sample]:

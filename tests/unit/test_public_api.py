@@ -37,6 +37,7 @@ def test_all_is_pinned() -> None:
         "Middleware",
         "MissingExtraError",
         "NotConnectedError",
+        "ProgressError",
         "Queue",
         "RunSummary",
         "SchemaError",
@@ -50,6 +51,7 @@ def test_all_is_pinned() -> None:
         "UnknownJobType",
         "__version__",
         "current_job",
+        "serve_queues",
     ]
     assert all(hasattr(kyu_trio, name) for name in kyu_trio.__all__)
 

@@ -200,7 +200,7 @@ def test_job_tally_exposes_what_prometheus_client_would() -> None:
         buckets=_DURATION_BUCKETS,
         registry=oracle,
     )
-    for status in ("completed", "failed", "dead", "requeued", "snoozed"):
+    for status in ("completed", "failed", "dead", "requeued", "snoozed", "cancelled"):
         processed.labels(queue="q", status=status)
     runs = [
         ("a", "completed", 0.0),
