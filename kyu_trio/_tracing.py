@@ -90,6 +90,10 @@ class Tracing:
     #: Whether spans are made (`OtelTracing`).
     enabled = False
 
+    def configured(self) -> bool:
+        """Whether these hooks are to be used now (OpenTelemetry: a provider is set)."""
+        return True
+
     def run_started(self, job: Job) -> None:
         """A worker is about to run ``job``'s handler, in the calling task: open the run's
         span and make it current there (and so in the handler, also in its thread)."""
@@ -145,7 +149,11 @@ class OtelTracing(Tracing):
 
     def __init__(self) -> None:
         from opentelemetry import context, propagate, trace
-        from opentelemetry.trace import Status, StatusCode
+        from opentelemetry.trace import ProxyTracerProvider, Status, StatusCode
+
+        self._get_tracer_provider = trace.get_tracer_provider
+        self._unset = (ProxyTracerProvider, trace.NoOpTracerProvider)
+        self._provider_set = False
 
         self._tracer = trace.get_tracer(NAME, __version__)
         self._set_span_in_context = trace.set_span_in_context
@@ -160,6 +168,12 @@ class OtelTracing(Tracing):
         self._root = context.Context
         self._status = Status
         self._error = StatusCode.ERROR
+
+    def configured(self) -> bool:
+        # Once set, the global provider cannot change: no need to look again.
+        if not self._provider_set:
+            self._provider_set = not isinstance(self._get_tracer_provider(), self._unset)
+        return self._provider_set
 
     # ---- producer ----------------------------------------------------------------------
 
@@ -352,15 +366,24 @@ def _load() -> Tracing:
     return loaded
 
 
+#: The no-op hooks, also in use while OpenTelemetry is installed but no tracer provider
+#: is set: its default provider would drop every span, and building them costs the
+#: worker ~10 us per job for nothing.
+_OFF = Tracing()
+
+
 def hooks() -> Tracing:
-    """The hooks in use: `OtelTracing` when OpenTelemetry is installed, else no-ops
-    (found out once, on the first call).
+    """The hooks in use: `OtelTracing` when OpenTelemetry is installed and a tracer
+    provider is set (`opentelemetry.trace.set_tracer_provider`, or the SDK's
+    auto-configuration), else no-ops. Installed or not is found out once, on the first
+    call; the provider is checked on each call until one is set.
 
     Example::
 
         hooks().run_ended(outcome)
     """
-    return _hooks or _load()
+    found = _hooks or _load()
+    return found if found.configured() else _OFF
 
 
 def reset() -> None:

@@ -159,3 +159,24 @@ def test_the_hooks_are_looked_for_once() -> None:
     _tracing.reset()
     first = _tracing.hooks()
     assert _tracing.hooks() is first
+
+
+# OpenTelemetry installed, no tracer provider set: the hooks stay off (the default
+# provider would drop every span), until a provider is set.
+WITHOUT_PROVIDER = """
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from kyu_trio import _tracing
+assert not _tracing.hooks().enabled
+trace.set_tracer_provider(TracerProvider())
+assert _tracing.hooks().enabled
+print("ok")
+"""
+
+
+def test_installed_without_a_provider_the_hooks_are_off_until_one_is_set() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_PROVIDER], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
