@@ -22,7 +22,9 @@ import contextvars
 import functools
 import inspect
 import json
+import math
 import os
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -154,6 +156,7 @@ class OtelTracing(Tracing):
         self._get_tracer_provider = trace.get_tracer_provider
         self._unset = (ProxyTracerProvider, trace.NoOpTracerProvider)
         self._provider_set = False
+        self._look_again_at = -math.inf
 
         self._tracer = trace.get_tracer(NAME, __version__)
         self._set_span_in_context = trace.set_span_in_context
@@ -170,8 +173,14 @@ class OtelTracing(Tracing):
         self._error = StatusCode.ERROR
 
     def configured(self) -> bool:
-        # Once set, the global provider cannot change: no need to look again.
+        # Once set, the global provider cannot change: no need to look again. Until then,
+        # look at most once a second: get_tracer_provider() reads os.environ each time
+        # (a few us, per job).
         if not self._provider_set:
+            now = time.monotonic()
+            if now < self._look_again_at:
+                return False
+            self._look_again_at = now + 1.0
             self._provider_set = not isinstance(self._get_tracer_provider(), self._unset)
         return self._provider_set
 
@@ -376,7 +385,7 @@ def hooks() -> Tracing:
     """The hooks in use: `OtelTracing` when OpenTelemetry is installed and a tracer
     provider is set (`opentelemetry.trace.set_tracer_provider`, or the SDK's
     auto-configuration), else no-ops. Installed or not is found out once, on the first
-    call; the provider is checked on each call until one is set.
+    call; the provider is looked for at most once a second until one is set.
 
     Example::
 

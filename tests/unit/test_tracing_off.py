@@ -169,6 +169,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from kyu_trio import _tracing
 assert not _tracing.hooks().enabled
 trace.set_tracer_provider(TracerProvider())
+import time
+time.sleep(1.1)  # an unset provider is looked for again at most once a second
 assert _tracing.hooks().enabled
 print("ok")
 """
