@@ -31,6 +31,10 @@ from ._service import Context
 
 #: How often fetchers of a paused queue ask whether it was resumed (seconds).
 PAUSE_POLL = 1.0
+#: How often a process gives parked ids of each type it parked another chance (seconds).
+PARK_RECHECK = 1.0
+#: Most ids one unpark moves back.
+MAX_UNPARK = 100
 
 
 class ClaimGate:
@@ -52,6 +56,9 @@ class ClaimGate:
         # Job type -> trio time at which its rate limit lets the next start through.
         self._unpark_at: dict[str, float] = {}
         self._wake = trio.Event()
+        # Types this process parked ids of, and when to give them another chance.
+        self._parked: set[str] = set()
+        self._recheck_at = -math.inf
 
     async def record_limits(self) -> None:
         """Record the registered limits (and that the other registered types have none)."""
@@ -89,6 +96,7 @@ class ClaimGate:
             over = {i: popped[i] for i in ids if i not in got_ids}
             if over:
                 await ctx.broker.park(ctx.queue, job_type, over)
+                self._parked.add(job_type)
             if got.next_start is not None:
                 wait = (got.next_start - ctx.clock.now()).total_seconds()
                 self._unpark_later(job_type, trio.current_time() + max(wait, 0.0))
@@ -127,23 +135,32 @@ class ClaimGate:
         ctx.log.info("queue %r is resumed", ctx.queue)
 
     async def unparker(self) -> None:
-        """Bring parked ids of rate-limited types back when their window lets a start
-        through (runs until cancelled)."""
-        ctx = self._ctx
+        """Bring parked ids back when their type may run again (runs until cancelled):
+        rate-limited types when the window lets a start through; and, every
+        `PARK_RECHECK` seconds, some ids of each type this process parked, in case the
+        wake-up was lost (the slot freed in another process while these ids were still
+        on their way to the parked set, so that process found nothing to unpark)."""
         while True:
-            if not self._unpark_at:
+            due_at = min(self._unpark_at.values(), default=math.inf)
+            with trio.move_on_at(min(due_at, trio.current_time() + PARK_RECHECK)):
                 await self._wake.wait()
-                self._wake = trio.Event()
-                continue
-            job_type, when = min(self._unpark_at.items(), key=lambda item: item[1])
-            with trio.move_on_at(when):
-                await self._wake.wait()
-                self._wake = trio.Event()
-                continue
-            del self._unpark_at[job_type]
-            limit = self._registry.limits.get(job_type)
-            count = limit.rate_count if limit and limit.rate_count else 1
-            try:
-                await ctx.broker.unpark(ctx.queue, job_type, count)
-            except KyuConnectionError as exc:
-                ctx.log.warning("could not unpark %r jobs (%s); the sweep will", job_type, exc)
+            self._wake = trio.Event()
+            now = trio.current_time()
+            for job_type in [t for t, at in self._unpark_at.items() if at <= now]:
+                del self._unpark_at[job_type]
+                await self._unpark(job_type)
+            if now >= self._recheck_at:
+                self._recheck_at = now + PARK_RECHECK
+                for job_type in list(self._parked):
+                    if not await self._unpark(job_type):
+                        self._parked.discard(job_type)
+
+    async def _unpark(self, job_type: str) -> int:
+        """Move as many parked ids back as the type's limit could start at once."""
+        limit = self._registry.limits.get(job_type)
+        count = min((limit and (limit.concurrency or limit.rate_count)) or 1, MAX_UNPARK)
+        try:
+            return await self._ctx.broker.unpark(self._ctx.queue, job_type, count)
+        except KyuConnectionError as exc:
+            self._ctx.log.warning("could not unpark %r jobs (%s); the sweep will", job_type, exc)
+            return 0

@@ -134,3 +134,35 @@ async def test_a_rate_limit_holds_in_every_window(autojump_clock: Any, harness: 
         assert len(window) <= 10
     # Close to 10 per second: 100 starts in about 10 s.
     assert starts[-1] - t0 < 12
+
+
+async def test_parked_jobs_come_back_when_the_wake_up_is_lost(
+    autojump_clock: Any, harness: Harness, monkeypatch: Any
+) -> None:
+    # The slot frees while the over-limit ids are still on their way to the parked set
+    # (in real life: in another process): the completion finds nothing to unpark. The
+    # parking process gives them another chance every PARK_RECHECK seconds.
+    from kyu_trio._runtime import _gate
+
+    async def lost(self: Any, job_types: Any) -> None:
+        list(job_types)
+
+    monkeypatch.setattr(_gate.ClaimGate, "released", lost)
+    queue = harness.queue(workers=5)
+    done: list[float] = []
+
+    @queue.handler("a", concurrency=1)
+    async def a(payload: int) -> None:
+        await trio.sleep(0.1)
+        done.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        await serve_all(nursery, [queue])
+        t0 = trio.current_time()
+        await queue.enqueue_many([("a", i) for i in range(5)])
+        while len(done) < 5:  # noqa: ASYNC110
+            await trio.sleep(0.1)
+        queue.shutdown()
+    # One at a time, each woken by the recheck: about a second apiece, not the sweep's
+    # reaper_interval.
+    assert max(done) - t0 < 5 * (_gate.PARK_RECHECK + 0.5)
