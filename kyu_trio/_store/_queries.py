@@ -197,9 +197,8 @@ WHERE id = ANY(%(ids)s::uuid[]) AND (queue = %(queue)s) IS TRUE
   AND status IN ('pending', 'scheduled', 'failed')
   AND (status = 'pending' OR scheduled_at <= %(now)s) IS TRUE
   AND NOT EXISTS (SELECT 1 FROM kyu_queues WHERE queue = %(queue)s AND paused)
-  AND NOT EXISTS (
-      SELECT 1 FROM kyu_limits l WHERE l.queue = %(queue)s AND l.job_type = kyu_jobs.job_type
-  )
+  -- Uncorrelated (evaluated once per statement, not once per row): the limited types.
+  AND job_type <> ALL(ARRAY(SELECT job_type FROM kyu_limits WHERE queue = %(queue)s))
 RETURNING {CLAIMED_COLUMNS}
 """
 
