@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import math
-import os
 import re
-import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -217,24 +214,9 @@ async def test_a_job_rescued_from_a_lost_worker_shows_lost(
     assert job.attempts[0].error == "worker lost while running (attempt 1)"
 
 
-def test_the_payloads_and_results_example(pg_dsn: str, redis_url: str, queue_name: str) -> None:
+def test_the_payloads_and_results_example(run_example: Any) -> None:
     """examples/payloads_and_results.py, shown in docs/how-to/payloads-and-results.md."""
-    env = {
-        **os.environ,
-        "KYU_DSN": pg_dsn,
-        "KYU_REDIS_URL": redis_url,
-        "KYU_QUEUE": queue_name,
-        "PYTHONIOENCODING": "utf-8",
-    }
-    proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / "payloads_and_results.py")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    proc = run_example("payloads_and_results.py")
     out = proc.stdout
     assert "refused: payload must be a JSON value" in out
     # jsonb keeps values, not key order: {'total': 7.0, 'order_id': 7}

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -101,24 +99,9 @@ async def test_a_custom_backoff_sets_each_retry_due_time(
     assert [a.outcome for a in job.attempts] == ["failed", "failed", "dead"]
 
 
-def test_the_snooze_and_backoff_example(pg_dsn: str, redis_url: str, queue_name: str) -> None:
+def test_the_snooze_and_backoff_example(run_example: Any) -> None:
     """examples/snooze_and_backoff.py, shown in docs/how-to/snooze-and-backoff.md."""
-    env = {
-        **os.environ,
-        "KYU_DSN": pg_dsn,
-        "KYU_REDIS_URL": redis_url,
-        "KYU_QUEUE": queue_name,
-        "PYTHONIOENCODING": "utf-8",
-    }
-    proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / "snooze_and_backoff.py")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    proc = run_example("snooze_and_backoff.py")
     assert "attempt 1: snoozed Snooze: snoozed for 0.2s" in proc.stdout
     assert "attempt 1: failed ConnectionError: partner API down (call 1)" in proc.stdout
     assert "OK: snooze and backoff did what they say" in proc.stdout
