@@ -21,7 +21,6 @@ from tests.conftest import PG_ADMIN, _dsn_for
 
 pytestmark = pytest.mark.integration
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 VALUES: list[Any] = [
     None,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,8 +12,6 @@ import trio
 from kyu_trio import Config, Job, JobStatus, Queue, Snooze, current_job
 
 pytestmark = pytest.mark.integration
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 async def _until(queue: Queue, job_id: str, *statuses: JobStatus) -> Job:
