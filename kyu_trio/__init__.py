@@ -25,6 +25,7 @@ from ._config import Config as Config
 from ._cron import CronState as CronState
 from ._errors import CommandError as CommandError
 from ._errors import ConfigError as ConfigError
+from ._errors import CronEntryNotFound as CronEntryNotFound
 from ._errors import EnqueueOutcomeUnknown as EnqueueOutcomeUnknown
 from ._errors import InvalidJobError as InvalidJobError
 from ._errors import JobFailed as JobFailed
@@ -45,6 +46,7 @@ from ._job import Job as Job
 from ._job import JobStatus as JobStatus
 from ._ports import Broker as Broker
 from ._ports import Store as Store
+from ._processes import ProcessInfo as ProcessInfo
 from ._runtime._handlers import CallNext as CallNext
 from ._runtime._handlers import Handler as Handler
 from ._runtime._handlers import Middleware as Middleware
@@ -67,6 +69,7 @@ __all__ = [
     "CommandError",
     "Config",
     "ConfigError",
+    "CronEntryNotFound",
     "CronState",
     "EnqueueOutcomeUnknown",
     "EnqueueRequest",
@@ -84,6 +87,7 @@ __all__ = [
     "Middleware",
     "MissingExtraError",
     "NotConnectedError",
+    "ProcessInfo",
     "ProgressError",
     "Queue",
     "RunSummary",

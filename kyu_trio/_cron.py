@@ -39,7 +39,7 @@ import attrs
 from croniter import CroniterBadDateError, CroniterError, croniter
 
 from ._config import Config, shown
-from ._errors import ConfigError, InvalidJobError
+from ._errors import ConfigError, CronEntryNotFound, InvalidJobError
 from ._job import JobStatus
 from ._ports import NewJob
 from ._score import PRIORITY_MAX, PRIORITY_MIN
@@ -380,6 +380,21 @@ def cron_job(
         scheduled_at=tick,
         job_timeout=default_job_timeout if entry.job_timeout is None else entry.job_timeout,
         status=JobStatus.PENDING,
+    )
+
+
+def entry_not_found(queue: str, name: object) -> CronEntryNotFound:
+    """What `run_cron_now` raises for a ``name`` that names no entry the queue recorded.
+
+    Example::
+
+        raise entry_not_found("kyu:default", "nightly_report")
+    """
+    if not isinstance(name, str):
+        return CronEntryNotFound(f"cron entry names are str, got {type(name).__name__}")
+    return CronEntryNotFound(
+        f"queue {queue!r} has no cron entry named {name[:200]!r} (`kyu-trio cron` lists those "
+        "recorded; an entry is recorded once a process serving the queue registers it)"
     )
 
 

@@ -36,6 +36,20 @@ class JobNotFound(KyuError, LookupError):
     """No job with this id exists (in any queue)."""
 
 
+class CronEntryNotFound(KyuError, LookupError):
+    """The queue has no periodic job (cron entry) of this name in the database: it is
+    recorded once a process serving the queue leads its maintenance with the entry
+    registered (`Queue.cron`). ``kyu-trio cron`` lists the recorded entries.
+
+    Example::
+
+        try:
+            await queue.run_cron_now("nightly_report")
+        except kyu_trio.CronEntryNotFound as exc:
+            print(exc)
+    """
+
+
 class JobFailed(KyuError):
     """`result()` has no value to give: the job ended ``dead`` (no retries left) or
     ``cancelled``. ``job`` is the job as it ended: its status, last error and attempts.

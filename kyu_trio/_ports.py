@@ -17,6 +17,7 @@ from ._job import Job, JobStatus
 
 if TYPE_CHECKING:
     from ._cron import CronEntry, CronState
+    from ._processes import ProcessInfo
 
 
 @attrs.frozen
@@ -213,6 +214,18 @@ class Store(Protocol):
         fenced off and writes nothing."""
         ...
 
+    async def cancel_jobs(self, ids: Sequence[str], now: datetime) -> dict[str, CancelResult]:
+        """`cancel_job` for each of ``ids``, in one statement: job id -> CANCELLED (with
+        its queue) or NOT_CANCELLABLE, for the jobs that exist (unknown ids are left
+        out). The processes running any of them are told as `cancel_job` tells them."""
+        ...
+
+    async def delete_jobs(self, ids: Sequence[str]) -> list[tuple[str, str]]:
+        """Delete the jobs among ``ids`` that are not RUNNING, with their attempt history,
+        in one statement; return (id, queue) of each deleted job. Unknown ids are
+        ignored."""
+        ...
+
     async def dead_jobs(self, queue: str, limit: int) -> list[Job]: ...
 
     async def claim_jobs(
@@ -378,6 +391,15 @@ class Store(Protocol):
         """The queue's cron entries as recorded, by name."""
         ...
 
+    async def run_cron_now(
+        self, queue: str, name: str, job_id: str, now: datetime, default_job_timeout: float
+    ) -> Ready | None:
+        """Insert one job of entry ``name`` as recorded (its job type, payload, priority,
+        max_retries, and job_timeout or ``default_job_timeout``), pending and due now,
+        with id ``job_id``; return it to push. Its last tick is not touched. None (and
+        nothing written) when the queue has no such entry. One statement."""
+        ...
+
     # ---- pausing a queue, and limits per job type ----
 
     async def set_paused(self, queue: str, paused: bool, now: datetime) -> None:
@@ -414,6 +436,28 @@ class Store(Protocol):
         after the run's outcome, never over a later run. Return the ids written. A row
         another statement is writing at that moment is skipped, not waited for (the
         caller tries it again)."""
+        ...
+
+    # ---- which processes serve a queue (kyu_processes) ----
+
+    async def record_process(self, queue: str, process: ProcessInfo, ttl: float) -> None:
+        """Write ``process``'s row (insert or refresh), expiring ``ttl`` seconds after its
+        ``last_seen``; its ``leader`` is not stored (read from the lease)."""
+        ...
+
+    async def remove_process(self, queue: str, process_id: str) -> None:
+        """Delete the row of ``process_id`` (a process that stops)."""
+        ...
+
+    async def processes(self, queue: str, now: datetime) -> list[ProcessInfo]:
+        """The queue's processes whose row has not expired by ``now``, oldest first
+        (``started_at``), each with ``leader`` set if it holds the queue's maintenance
+        lease and that lease has not expired."""
+        ...
+
+    async def prune_processes(self, queue: str, before: datetime) -> int:
+        """Delete the rows of the queue's processes that expired before ``before``; return
+        how many."""
         ...
 
 

@@ -42,6 +42,41 @@ LATEST_AT = datetime(9999, 1, 1, tzinfo=UTC)
 MAX_LIMIT = 1_000_000
 
 
+#: Most job ids one bulk call (`Queue.retry_jobs`, ``cancel_jobs``, ``delete_jobs``)
+#: takes: each is one statement, whose row locks last as long as it does.
+MAX_BULK_IDS = 10_000
+
+
+def check_job_ids(job_ids: object) -> list[str]:
+    """The distinct job ids of a bulk call, canonical and sorted (so that concurrent bulk
+    statements lock their rows in one order); `KyuError` for more than `MAX_BULK_IDS` or
+    for anything but a collection of str. A str that is not a UUID names no job: it is
+    dropped, as an unknown id is ignored by the call.
+
+    Example::
+
+        ids = check_job_ids([job.id for job in await queue.dead_jobs()])
+    """
+    if isinstance(job_ids, str | bytes) or not isinstance(job_ids, Iterable):
+        raise KyuError(
+            f"job_ids must be a list (or other collection) of job ids, got {shown(job_ids, 80)}"
+        )
+    given = list(job_ids)
+    if len(given) > MAX_BULK_IDS:
+        raise KyuError(
+            f"at most {MAX_BULK_IDS} job ids per call, got {len(given)}: split them into batches"
+        )
+    found: set[str] = set()
+    for job_id in given:
+        if not isinstance(job_id, str):
+            raise KyuError(f"job ids are UUID strings, got {type(job_id).__name__}")
+        try:
+            found.add(str(uuid.UUID(job_id)))
+        except ValueError:
+            continue
+    return sorted(found)
+
+
 def check_limit(limit: object, at_most: int = MAX_LIMIT) -> int:
     """``limit`` if it is an int from 1 to ``at_most``, else `KyuError`."""
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= at_most:

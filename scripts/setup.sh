@@ -12,6 +12,10 @@
 #   - the `prometheus` binary (Debian's package, installed with apt if absent; not
 #     started: tests/integration/test_dashboard.py runs its own on a free port). If it
 #     cannot be installed, setup only warns and that test is skipped.
+#   - Debian's `chromium` (installed with apt if absent), which the browser tests
+#     (tests/browser) drive through the `playwright` package of '.[dev]': no browser is
+#     ever downloaded (no `playwright install`). If it cannot be installed, setup only
+#     warns and the browser tests are skipped.
 #
 # Servers given by the environment are left alone and only checked:
 #   KYU_DSN / KYU_TEST_PG_ADMIN       -> no local PostgreSQL is installed or started
@@ -262,5 +266,49 @@ setup_prometheus() {
 }
 
 setup_prometheus
+
+# ---- Chromium (for the browser tests) -----------------------------------------------
+
+# The same lookup as tests/browser/conftest.py (which also honours KYU_TEST_CHROMIUM).
+chromium_bin() {
+    command -v chromium 2>/dev/null || { [[ -x /usr/bin/chromium ]] && echo /usr/bin/chromium; }
+}
+
+warn_no_chromium() {
+    say "chromium: WARNING: could not install Debian's chromium package ($1);" \
+        "the browser tests (tests/browser) will be skipped"
+}
+
+setup_chromium() {
+    local bin
+    if [[ -n "${KYU_TEST_CHROMIUM:-}" ]]; then
+        say "chromium: using KYU_TEST_CHROMIUM=$KYU_TEST_CHROMIUM (not managed)"
+        return 0
+    fi
+    if bin="$(chromium_bin)"; then
+        say "chromium: $bin is installed"
+        return 0
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        warn_no_chromium "no apt-get"
+        return 0
+    fi
+    if [[ $EUID -ne 0 ]] && ! command -v sudo >/dev/null 2>&1; then
+        warn_no_chromium "needs root or sudo"
+        return 0
+    fi
+    # The package's dependencies bring every shared library the browser loads; of its
+    # recommendations only a font family is wanted, so that screenshots show real text.
+    say "chromium: not installed; apt-get install --no-install-recommends chromium" \
+        "fonts-liberation (for the browser tests; no browser is downloaded by playwright)"
+    if ( apt_install --no-install-recommends chromium fonts-liberation ) \
+        && bin="$(chromium_bin)"; then
+        say "chromium: installed $bin"
+    else
+        warn_no_chromium "apt-get failed"
+    fi
+}
+
+setup_chromium
 
 say "done"

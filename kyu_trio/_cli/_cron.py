@@ -1,4 +1,5 @@
-"""The `cron` command: the queue's periodic jobs, as the database records them."""
+"""The `cron` command: the queue's periodic jobs, as the database records them; and
+`cron-run`, which enqueues one of them now."""
 
 from __future__ import annotations
 
@@ -76,3 +77,17 @@ def cron(as_json: bool) -> None:
     ]
     headers = ["name", "schedule", "timezone", "type", "last tick", "next run", "registered"]
     click.echo(table(headers, rows))
+
+
+@cli.command("cron-run")
+@connection_options
+@click.argument("name")
+def cron_run(name: str) -> None:
+    """Enqueue one job of the periodic job NAME now, as the database records it (job
+    type, payload, priority, retries, timeout); print its id. The schedule goes on as
+    before: the entry's last tick is not touched.
+
+    \b
+    Example: kyu-trio cron-run nightly_report --queue kyu:reports
+    """
+    click.echo(with_queue(settings().queue_obj(), lambda queue: queue.run_cron_now(name)))

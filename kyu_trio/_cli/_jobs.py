@@ -1,5 +1,5 @@
 """Commands that look at and fix jobs: `enqueue`, `inspect`, `jobs`, `dead`, `cancel`,
-`retry`, `stats` and `purge`."""
+`delete`, `retry`, `stats`, `processes` and `purge`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
+import attrs
 import click
 import trio
 
@@ -41,6 +42,7 @@ from ._output import (
     show_jobs,
     stats_dict,
     stats_text,
+    table,
 )
 from ._parsing import Seconds, duration_option, when_option
 
@@ -283,6 +285,24 @@ def cancel(job_id: str) -> None:
 
 @cli.command()
 @connection_options
+@click.argument("job_id", metavar="ID")
+def delete(job_id: str) -> None:
+    """Delete a job that is not running (whatever its state), with its attempt history.
+    A running job is refused: cancel it first.
+
+    \b
+    Example: kyu-trio delete 0b5c...
+    """
+    _change(
+        job_id,
+        Queue.delete_job,
+        f"cancel it first (kyu-trio cancel {job_id}), then delete it",
+    )
+    click.echo(f"deleted {job_id}")
+
+
+@cli.command()
+@connection_options
 def pause() -> None:
     """Pause the queue, fleet-wide: running jobs finish, no job starts until `kyu-trio
     resume` (enqueues are still accepted; workers started meanwhile stay paused).
@@ -417,6 +437,46 @@ async def _watch_stats(queue: Queue, *, interval: float, count: int | None, as_j
             snapshot = await queue.stats()
             live.update(_stats_table(snapshot, interval), refresh=True)
             shown += 1
+
+
+@cli.command()
+@connection_options
+@json_option
+def processes(as_json: bool) -> None:
+    """List the processes serving this queue now (`kyu-trio worker`, `serve()`), oldest
+    first: host, pid, workers, when each started and last recorded itself, and which one
+    leads the queue's maintenance.
+
+    Each process records itself every leader_interval (5 s by default) and deletes its
+    row when it stops; one that died drops out three intervals after its last record.
+
+    \b
+    Example: kyu-trio processes --queue kyu:emails
+    """
+    queue = settings().queue_obj()
+    found = with_queue(queue, Queue.processes)
+    if as_json:
+        echo_json([attrs.asdict(p) for p in found])
+        return
+    if not found:
+        click.echo(
+            f"no process serves queue {queue.config.queue_name} (start one with kyu-trio worker)"
+        )
+        return
+    rows = [
+        [
+            p.process_id,
+            one_line(p.host),
+            str(p.pid),
+            str(p.workers),
+            format_when(p.started_at),
+            format_when(p.last_seen),
+            "yes" if p.leader else "",
+        ]
+        for p in found
+    ]
+    headers = ["process", "host", "pid", "workers", "started", "last seen", "leader"]
+    click.echo(table(headers, rows))
 
 
 def _note_if_empty(queue: Queue, snapshot: Stats) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -25,8 +25,10 @@ from .._broker._redis import ready_scores, redis_error
 from .._config import Config
 from .._dsn import redis_address
 from .._errors import JobNotFound, KyuConnectionError, KyuError, NotConnectedError
+from .._ids import new_job_ids
 from .._job import EnqueueRequest, Job
 from .._ports import NewJob, Ready
+from .._processes import ProcessInfo
 from .._stats import Stats
 from .._store import _queries as q
 from .._store._postgres import (
@@ -44,7 +46,7 @@ from .._store._postgres import (
     schema_missing,
 )
 from .._tracing import traced_enqueue
-from .._validation import parse_job_id
+from .._validation import check_job_ids, parse_job_id
 from .._waiters import (
     POLL_INTERVAL,
     TICK,
@@ -325,23 +327,79 @@ class AsyncioClient:
 
             cancelled = await client.cancel_job(job_id)
         """
-        statement = _core.cancel_job(job_id, datetime.now(UTC))
-        result = await self._run(statement)
-        if not _core.cancelled(job_id, result):
+        key = parse_job_id(job_id)
+        result = await self._run(_core.cancel_job(key, datetime.now(UTC)))
+        if not _core.cancelled(key, result):
             return False
+        assert result.queue is not None  # a cancelled job's queue
+        await self._tidy([(key, result.queue)])
+        return True
+
+    async def cancel_jobs(self, job_ids: Sequence[str]) -> int:
+        """`cancel_job` for many jobs (at most 10,000) in one statement: return how many
+        were cancelled; unknown or finished ones are ignored. As `Queue.cancel_jobs`.
+
+        Example::
+
+            n = await client.cancel_jobs(job_ids)
+        """
+        ids = check_job_ids(job_ids)
+        if not ids:
+            return 0
+        results = await self._run(_core.cancel_jobs(ids, datetime.now(UTC)))
+        cancelled = _core.cancelled_of(results)
+        await self._tidy(cancelled)
+        return len(cancelled)
+
+    async def delete_job(self, job_id: str) -> bool:
+        """Delete a job that is not running, with its attempt history: True if deleted,
+        False if it is running (cancel it first). Raises `JobNotFound`. As
+        `Queue.delete_job`.
+
+        Example::
+
+            await client.delete_job(job_id)
+        """
+        key = parse_job_id(job_id)
+        deleted = await self._run(_core.delete_jobs([key]))
+        if not deleted:
+            await self.inspect(key)  # raises JobNotFound when there is no such job
+            return False
+        await self._tidy(deleted)
+        return True
+
+    async def delete_jobs(self, job_ids: Sequence[str]) -> int:
+        """`delete_job` for many jobs (at most 10,000) in one statement: return how many
+        were deleted; running ones are left alone, unknown ids ignored.
+
+        Example::
+
+            n = await client.delete_jobs(job_ids)
+        """
+        ids = check_job_ids(job_ids)
+        if not ids:
+            return 0
+        deleted = await self._run(_core.delete_jobs(ids))
+        await self._tidy(deleted)
+        return len(deleted)
+
+    async def _tidy(self, gone: list[tuple[str, str]]) -> None:
+        """Jobs (id, queue) cancelled or deleted: take their ids out of Redis (a claim
+        refuses them anyway) and wake any result() waiting for them (or their poll will)."""
+        if not gone:
+            return
+        by_queue: dict[str, list[str]] = {}
+        for key, queue in gone:
+            by_queue.setdefault(queue, []).append(key)
         _, client = await self._connections()
-        key, queue = statement.params["id"], result.queue
-        assert queue is not None  # a cancelled job's queue
         try:
-            # Tidy the broker (a claim refuses the cancelled job anyway) and wake any
-            # result() waiting for it.
             async with client.pipeline(transaction=False) as pipe:
-                pipe.zrem(queue, key)
-                pipe.publish(finished_channel(queue), key)
+                for queue, keys in by_queue.items():
+                    pipe.zrem(queue, *keys)
+                    pipe.publish(finished_channel(queue), ",".join(keys))
                 await pipe.execute()
         except redis.exceptions.RedisError as exc:
-            self._log.debug("job %s cancelled; Redis not told (%s)", key, exc)
-        return True
+            self._log.debug("%d jobs cancelled or deleted; Redis not told (%s)", len(gone), exc)
 
     async def retry_job(self, job_id: str) -> bool:
         """Give a dead or failed job a fresh start: True if retried, False if it is in
@@ -356,13 +414,70 @@ class AsyncioClient:
         if not retried:
             await self.inspect(job_id)  # raises JobNotFound when there is no such job
             return False
-        _, client = await self._connections()
-        for ready, queue in retried:
-            try:
-                await client.zadd(queue, ready_scores([ready]))
-            except redis.exceptions.RedisError as exc:
-                self._log.warning("could not push 1 job to Redis (%s); the sweep will", exc)
+        await self._push_by_queue(retried)
         return True
+
+    async def retry_jobs(self, job_ids: Sequence[str]) -> int:
+        """`retry_job` for many jobs (at most 10,000) in one statement: return how many
+        dead or failed ones were retried; the others, and unknown ids, are ignored.
+
+        Example::
+
+            n = await client.retry_jobs([job.id for job in await client.dead_jobs()])
+        """
+        ids = check_job_ids(job_ids)
+        if not ids:
+            return 0
+        retried = await self._run(_core.retry_jobs(ids, datetime.now(UTC)))
+        await self._push_by_queue(retried)
+        return len(retried)
+
+    async def _push_by_queue(self, retried: list[tuple[Ready, str]]) -> None:
+        by_queue: dict[str, list[Ready]] = {}
+        for ready, queue in retried:  # a job may be of another queue
+            by_queue.setdefault(queue, []).append(ready)
+        if not by_queue:
+            return
+        _, client = await self._connections()
+        for queue, entries in by_queue.items():
+            try:
+                await client.zadd(queue, ready_scores(entries))
+            except redis.exceptions.RedisError as exc:
+                self._log.warning(
+                    "could not push %d jobs to Redis (%s); the sweep will", len(entries), exc
+                )
+
+    async def run_cron_now(self, name: str) -> str:
+        """Enqueue one job of the periodic job ``name`` now, as recorded, and return its
+        id; its schedule goes on as before. Raises `CronEntryNotFound`. As
+        `Queue.run_cron_now`.
+
+        Example::
+
+            job_id = await client.run_cron_now("nightly_report")
+        """
+        job_id = new_job_ids(1)[0]
+        statement = _core.run_cron_now(
+            self._config.queue_name,
+            name,
+            job_id,
+            datetime.now(UTC),
+            self._config.default_job_timeout,
+        )
+        ready = await self._run(statement)
+        await self._push_by_queue([(ready, self._config.queue_name)])
+        return job_id
+
+    async def processes(self) -> list[ProcessInfo]:
+        """The processes serving this queue now, oldest first, ``leader`` marking the one
+        that runs its maintenance. As `Queue.processes`.
+
+        Example::
+
+            for p in await client.processes():
+                print(p.host, p.pid, p.leader)
+        """
+        return await self._run(_core.processes(self._config.queue_name, datetime.now(UTC)))
 
     async def dead_jobs(self, limit: int = 100) -> list[Job]:
         """This queue's dead jobs, newest first; ``limit`` 1 to 1,000,000.

@@ -14,13 +14,22 @@ import attrs
 from psycopg.rows import TupleRow
 
 from .._config import Config
+from .._cron import entry_not_found
 from .._errors import JobNotFound
 from .._ids import new_job_ids
 from .._job import EnqueueRequest, Job, JobStatus
 from .._ports import CancelOutcome, CancelResult, NewJob, QueueStats, Ready
+from .._processes import ProcessInfo
 from .._stats import Stats
 from .._store import _queries as q
-from .._store._postgres import _to_job, _uuid_array
+from .._store._postgres import (
+    _to_job,
+    _uuid_array,
+    cancel_params,
+    cancel_results,
+    run_cron_params,
+    to_processes,
+)
 from .._validation import check_limit, parse_job_id, validate_request
 from .._waiters import result_of as result_of
 
@@ -66,17 +75,37 @@ def get_jobs(ids: Sequence[str]) -> Statement[list[Job]]:
     return Statement(q.GET_JOBS, (_uuid_array(ids),), _jobs)
 
 
-def _cancel_result(rows: list[TupleRow]) -> CancelResult:
-    cancelled_queue, existing_queue = rows[0]
-    if cancelled_queue is not None:
-        return CancelResult(CancelOutcome.CANCELLED, cancelled_queue)
-    if existing_queue is not None:
-        return CancelResult(CancelOutcome.NOT_CANCELLABLE, existing_queue)
-    return CancelResult(CancelOutcome.NOT_FOUND)
-
-
 def cancel_job(job_id: str, now: datetime) -> Statement[CancelResult]:
-    return Statement(q.CANCEL_JOB, {"id": parse_job_id(job_id), "now": now}, _cancel_result)
+    """`cancel_jobs`' statement with one id: its `CancelResult` (NOT_FOUND: no such job)."""
+    key = parse_job_id(job_id)
+
+    def parse(rows: list[TupleRow]) -> CancelResult:
+        return cancel_results(rows).get(key, CancelResult(CancelOutcome.NOT_FOUND))
+
+    return Statement(q.CANCEL_JOBS, cancel_params([key], now), parse)
+
+
+def cancel_jobs(ids: Sequence[str], now: datetime) -> Statement[dict[str, CancelResult]]:
+    """Cancel the jobs among ``ids`` (canonical, from `check_job_ids`)."""
+    return Statement(q.CANCEL_JOBS, cancel_params(ids, now), cancel_results)
+
+
+def cancelled_of(results: dict[str, CancelResult]) -> list[tuple[str, str]]:
+    """(id, queue) of the jobs `cancel_jobs` cancelled."""
+    return [
+        (job_id, r.queue)
+        for job_id, r in results.items()
+        if r.outcome == CancelOutcome.CANCELLED and r.queue is not None
+    ]
+
+
+def _deleted(rows: list[TupleRow]) -> list[tuple[str, str]]:
+    return [(str(r[0]), r[1]) for r in rows]
+
+
+def delete_jobs(ids: Sequence[str]) -> Statement[list[tuple[str, str]]]:
+    """Delete the jobs among ``ids`` that are not running; (id, queue) of each deleted."""
+    return Statement(q.DELETE_JOBS, {"ids": _uuid_array(ids)}, _deleted)
 
 
 def cancelled(job_id: str, result: CancelResult) -> bool:
@@ -91,10 +120,33 @@ def _retried(rows: list[TupleRow]) -> list[tuple[Ready, str]]:
     return [(Ready(str(r[0]), r[1], r[2]), r[3]) for r in rows]
 
 
+def retry_jobs(ids: Sequence[str], now: datetime) -> Statement[list[tuple[Ready, str]]]:
+    """Retry the dead and failed jobs among ``ids``: (what to push, its queue) of each."""
+    return Statement(q.RETRY_JOBS, {"ids": _uuid_array(ids), "now": now}, _retried)
+
+
 def retry_job(job_id: str, now: datetime) -> Statement[list[tuple[Ready, str]]]:
-    return Statement(
-        q.RETRY_JOBS, {"ids": _uuid_array([parse_job_id(job_id)]), "now": now}, _retried
-    )
+    return retry_jobs([parse_job_id(job_id)], now)
+
+
+def run_cron_now(
+    queue: str, name: str, job_id: str, now: datetime, default_job_timeout: float
+) -> Statement[Ready]:
+    """One job of cron entry ``name`` now; `CronEntryNotFound` when there is no such entry."""
+    if not isinstance(name, str):
+        raise entry_not_found(queue, name)
+
+    def parse(rows: list[TupleRow]) -> Ready:
+        if not rows:
+            raise entry_not_found(queue, name)
+        return Ready(str(rows[0][0]), rows[0][1], rows[0][2])
+
+    params = run_cron_params(queue, name, job_id, now, default_job_timeout)
+    return Statement(q.RUN_CRON_NOW, params, parse)
+
+
+def processes(queue: str, now: datetime) -> Statement[list[ProcessInfo]]:
+    return Statement(q.PROCESSES, {"queue": queue, "now": now}, to_processes)
 
 
 def dead_jobs(queue: str, limit: int) -> Statement[list[Job]]:

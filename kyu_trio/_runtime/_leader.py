@@ -23,6 +23,7 @@ import trio
 from .._errors import KyuConnectionError
 from .._ports import Fence
 from ._outage import Outage
+from ._presence import Presence
 from ._service import Context
 
 #: How often the leader renews its lease, as a share of the lease's length.
@@ -37,7 +38,9 @@ LeaderService = Callable[[Fence], Awaitable[object]]
 class Leadership:
     """Campaigns for the queue's maintenance lease and, while this process holds it,
     runs ``services`` (each called with the lease's `Fence`, in a nursery cancelled when
-    the lease is lost, given up or may have expired).
+    the lease is lost, given up or may have expired). With a ``presence``, it also keeps
+    this process's row among the queue's processes: written before the first campaign
+    returns and refreshed as it campaigns, deleted when it stops.
 
     Example::
 
@@ -51,8 +54,11 @@ class Leadership:
         holder: str,
         interval: float,
         services: Sequence[LeaderService],
+        *,
+        presence: Presence | None = None,
     ) -> None:
         self._ctx = context
+        self._presence = presence
         self._holder = holder
         self._interval = interval
         self._services = list(services)
@@ -81,11 +87,13 @@ class Leadership:
             async with trio.open_nursery() as nursery:
                 # The first campaign before started(): a lone process leads from the start.
                 await self._campaign(nursery, outage)
+                await self._refresh_presence()
                 task_status.started()
                 while True:
                     renew = self._interval / RENEWALS_PER_LEASE
                     await trio.sleep(renew if self.leading else self._interval)
                     await self._campaign(nursery, outage)
+                    await self._refresh_presence()
         finally:
             await self._resign()
 
@@ -149,17 +157,27 @@ class Leadership:
             extra={"kyu_event": "leader_lost", "term": fence.term},
         )
 
+    async def _refresh_presence(self) -> None:
+        if self._presence is not None:
+            await self._presence.refresh()
+
     async def _resign(self) -> None:
-        """Hand the lease back at once, so the next leader need not wait for it to expire."""
+        """Hand the lease back at once, so the next leader need not wait for it to expire,
+        and delete this process's row."""
         fence, self._fence = self.fence, None
         if self._scope is not None:
             self._scope.cancel()
             self._scope = None
-        if fence is None:
+        if fence is None and self._presence is None:
             return
         with trio.move_on_after(RESIGN_LIMIT) as scope:
             scope.shield = True
-            try:
-                await self._ctx.store.resign(self._ctx.queue, fence)
-            except KyuConnectionError as exc:
-                self._ctx.log.info("could not hand the lease back (%s); it expires by itself", exc)
+            if fence is not None:
+                try:
+                    await self._ctx.store.resign(self._ctx.queue, fence)
+                except KyuConnectionError as exc:
+                    self._ctx.log.info(
+                        "could not hand the lease back (%s); it expires by itself", exc
+                    )
+            if self._presence is not None:
+                await self._presence.withdraw()

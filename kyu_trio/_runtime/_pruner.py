@@ -15,6 +15,7 @@ from datetime import timedelta
 from .._config import Config
 from .._job import JobStatus
 from .._ports import Fence
+from .._processes import PRUNE_AFTER
 from ._service import Context
 
 #: Rows one DELETE removes at most (with their attempt history).
@@ -49,7 +50,8 @@ class Pruner:
     async def run_once(self, fence: Fence) -> int:
         """One pass: for each status with a retention, delete batches of the queue's jobs
         that finished before ``now - retention`` until a batch comes back short or the
-        pass's cap is reached. Returns how many jobs were deleted.
+        pass's cap is reached; then the rows of processes gone for an hour
+        (`Queue.processes`). Returns how many jobs were deleted.
 
         ``fence`` is not checked: deleting what is past its retention is idempotent, so a
         deposed leader that has not noticed yet and the new one may both prune for a
@@ -72,6 +74,9 @@ class Pruner:
                         ctx.metrics.pruned[status.value] += deleted
                     if deleted < PRUNE_BATCH:
                         break
+            # Rows of processes that stopped without deleting theirs (killed, or cut off
+            # from PostgreSQL), an hour after they expired: a few rows at most.
+            await ctx.store.prune_processes(ctx.queue, now - timedelta(seconds=PRUNE_AFTER))
         finally:
             if pruned:
                 counts = ", ".join(f"{status} {n}" for status, n in pruned.items())

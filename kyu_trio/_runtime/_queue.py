@@ -15,18 +15,20 @@ import trio
 
 from .._clock import Clock, SystemClock
 from .._config import Config
-from .._cron import CronState, new_cron_entry
+from .._cron import CronState, entry_not_found, new_cron_entry
 from .._errors import ConfigError, JobNotFound, KyuConnectionError, KyuError, NotConnectedError
 from .._ids import new_job_ids
 from .._job import FINAL_STATES, EnqueueRequest, Job, JobStatus
 from .._limits import check_job_limits
-from .._ports import Broker, CancelOutcome, Store
+from .._ports import Broker, CancelOutcome, Ready, Store
+from .._processes import ProcessInfo
 from .._snooze import Backoff, check_backoff, check_max_snoozes
 from .._stats import Stats
 from .._tracing import traced_enqueue
 from .._validation import (
     check_age,
     check_final_statuses,
+    check_job_ids,
     check_job_type,
     check_job_type_filter,
     check_limit,
@@ -304,6 +306,38 @@ class Queue:
         """
         return await self._context().store.cron_states(self.config.queue_name)
 
+    async def run_cron_now(self, name: str) -> str:
+        """Enqueue one job of the periodic job ``name`` now, as the database records it
+        (its job type, payload, priority, max_retries, and job_timeout or
+        ``Config.default_job_timeout``), and return its id. Its schedule goes on as
+        before: the last tick is not touched, and the next tick fires as it would have.
+        Raises `CronEntryNotFound` if the queue has no entry of that name recorded
+        (``kyu-trio cron`` lists them); an entry no longer registered runs too.
+
+        Example::
+
+            job_id = await queue.run_cron_now("nightly_report")
+        """
+        ctx = self._context()
+        if not isinstance(name, str):
+            raise entry_not_found(ctx.queue, name)
+        job_id = new_job_ids(1)[0]
+        ready = await ctx.store.run_cron_now(
+            ctx.queue, name, job_id, self._clock.now(), self.config.default_job_timeout
+        )
+        if ready is None:
+            raise entry_not_found(ctx.queue, name)
+        await ctx.push_or_log([ready])
+        ctx.metrics.jobs_total.inc()
+        ctx.log.info(
+            "cron entry %r of %r: job %s enqueued now, by hand",
+            name,
+            ctx.queue,
+            job_id,
+            extra={"kyu_event": "cron_enqueued", "cron": name, "job_id": job_id},
+        )
+        return job_id
+
     def use(self, middleware: Middleware) -> None:
         """Wrap every job in ``middleware(job, call_next)``; the first registered is outermost.
 
@@ -526,13 +560,79 @@ class Queue:
         if result.outcome == CancelOutcome.NOT_FOUND:
             raise JobNotFound(f"no job with id {key}")
         if result.outcome == CancelOutcome.CANCELLED and result.queue is not None:
-            # Tidy the broker (if this fails the claim refuses the cancelled job anyway),
-            # and wake whoever awaits its result (if this fails, their poll will).
-            with suppress(KyuConnectionError):
-                await ctx.broker.remove(result.queue, [key])
-                await ctx.broker.publish_finished(result.queue, [key])
+            await self._tidy([(key, result.queue)])
             return True
         return False
+
+    async def cancel_jobs(self, job_ids: Sequence[str]) -> int:
+        """`cancel_job` for many jobs (at most 10,000) in one statement: return how many
+        were cancelled. Ids of unknown or finished jobs are ignored. Running ones are
+        cancelled wherever they run, as `cancel_job` says.
+
+        Example::
+
+            scheduled = await queue.list_jobs(status="scheduled")
+            n = await queue.cancel_jobs([job.id for job in scheduled])
+        """
+        ids = check_job_ids(job_ids)
+        if not ids:
+            return 0
+        ctx = self._context()
+        results = await ctx.store.cancel_jobs(ids, self._clock.now())
+        cancelled = [
+            (job_id, result.queue)
+            for job_id, result in results.items()
+            if result.outcome == CancelOutcome.CANCELLED and result.queue is not None
+        ]
+        await self._tidy(cancelled)
+        return len(cancelled)
+
+    async def delete_job(self, job_id: str) -> bool:
+        """Delete a job that is not running, whatever its state, with its attempt history:
+        True if deleted, False if it is running (`cancel_job` it first, then delete it).
+        Raises `JobNotFound` when there is no such job. Jobs of other queues too.
+
+        Example::
+
+            if not await queue.delete_job(job_id):
+                await queue.cancel_job(job_id)
+                await queue.delete_job(job_id)
+        """
+        key = parse_job_id(job_id)
+        deleted = await self._context().store.delete_jobs([key])
+        if not deleted:
+            await self.inspect(key)  # raises JobNotFound when there is no such job
+            return False
+        await self._tidy(deleted)
+        return True
+
+    async def delete_jobs(self, job_ids: Sequence[str]) -> int:
+        """`delete_job` for many jobs (at most 10,000) in one statement: return how many
+        were deleted. Running jobs are left alone; unknown ids are ignored.
+
+        Example::
+
+            n = await queue.delete_jobs([job.id for job in await queue.dead_jobs()])
+        """
+        ids = check_job_ids(job_ids)
+        if not ids:
+            return 0
+        deleted = await self._context().store.delete_jobs(ids)
+        await self._tidy(deleted)
+        return len(deleted)
+
+    async def _tidy(self, gone: Sequence[tuple[str, str]]) -> None:
+        """Jobs (id, queue) just cancelled or deleted: take their ids out of the broker (if
+        this fails, the claim refuses them anyway) and wake whoever awaits their results
+        (if this fails, their poll will)."""
+        by_queue: dict[str, list[str]] = {}
+        for job_id, queue_name in gone:
+            by_queue.setdefault(queue_name, []).append(job_id)
+        ctx = self._context()
+        for queue_name, ids in by_queue.items():
+            with suppress(KyuConnectionError):
+                await ctx.broker.remove(queue_name, ids)
+                await ctx.broker.publish_finished(queue_name, ids)
 
     async def result(self, job_id: str) -> Any:
         """Wait until the job has finished and return its handler's return value.
@@ -583,14 +683,37 @@ class Queue:
                 await queue.retry_job(job.id)
         """
         key = parse_job_id(job_id)
-        ctx = self._context()
-        retried = await ctx.store.retry_jobs([key], self._clock.now())
+        retried = await self._context().store.retry_jobs([key], self._clock.now())
         if not retried:
             await self.inspect(key)  # raises JobNotFound when there is no such job
             return False
-        for ready, queue_name in retried:  # the job may be of another queue
-            await ctx.push_or_log([ready], queue_name)
+        await self._push_retried(retried)
         return True
+
+    async def retry_jobs(self, job_ids: Sequence[str]) -> int:
+        """`retry_job` for many jobs (at most 10,000) in one statement: the dead and failed
+        ones among them start afresh (pending now, retry count reset); return how many.
+        Ids of unknown jobs, or of jobs in other states, are ignored.
+
+        Example::
+
+            failed = await queue.list_jobs(status="failed")
+            n = await queue.retry_jobs([job.id for job in failed])
+        """
+        ids = check_job_ids(job_ids)
+        if not ids:
+            return 0
+        retried = await self._context().store.retry_jobs(ids, self._clock.now())
+        await self._push_retried(retried)
+        return len(retried)
+
+    async def _push_retried(self, retried: Sequence[tuple[Ready, str]]) -> None:
+        by_queue: dict[str, list[Ready]] = {}
+        for ready, queue_name in retried:  # a job may be of another queue
+            by_queue.setdefault(queue_name, []).append(ready)
+        ctx = self._context()
+        for queue_name, entries in by_queue.items():
+            await ctx.push_or_log(entries, queue_name)
 
     async def retry_dead_jobs(self, limit: int = 10_000) -> int:
         """Retry up to ``limit`` (at most 1,000,000) dead jobs of this queue (oldest first);
@@ -681,6 +804,21 @@ class Queue:
         """
         ctx = self._context()
         return await ctx.store.is_paused(ctx.queue)
+
+    async def processes(self) -> list[ProcessInfo]:
+        """The processes serving this queue now (`serve()`, ``kyu-trio worker``), oldest
+        first: each records itself when it starts and every `Config.leader_interval`, and
+        deletes its row when it stops; one that died drops out of the list three
+        intervals after its last record. ``leader`` marks the one that runs the queue's
+        maintenance.
+
+        Example::
+
+            for p in await queue.processes():
+                print(p.host, p.pid, p.workers, p.last_seen, "leader" if p.leader else "")
+        """
+        ctx = self._context()
+        return await ctx.store.processes(ctx.queue, self._clock.now())
 
     async def schema_version(self) -> tuple[int, int]:
         """The database's kyu-trio schema version when this queue connected (before

@@ -27,6 +27,7 @@ from ._listener import EnqueueListener, NotifyingStore
 from ._metrics import MergedRegistries
 from ._outage import Outage
 from ._pool import WorkerPool
+from ._presence import Presence
 from ._pruner import Pruner
 from ._reaper import Reaper
 from ._sampler import Sampler
@@ -99,7 +100,11 @@ class Runtime:
             self.context, self.registry.cron, default_job_timeout=self.config.default_job_timeout
         )
         services: list[LeaderService] = [scheduler, reaper, prune, cron.run]
-        return Leadership(self.context, self.worker_id, self.config.leader_interval, services)
+        interval = self.config.leader_interval
+        presence = Presence(
+            self.context, self.worker_id, workers=self.config.workers, interval=interval
+        )
+        return Leadership(self.context, self.worker_id, interval, services, presence=presence)
 
     def new_pool(self, *, drain: bool) -> WorkerPool:
         pool = WorkerPool(

@@ -33,6 +33,7 @@ from .._ports import (
     QueueStats,
     Ready,
 )
+from .._processes import ProcessInfo
 from .._validation import decode_payload
 
 
@@ -84,6 +85,8 @@ class MemoryStore:
         self._cron: dict[tuple[str, str], CronState] = {}
         # What `listen_enqueued` registered: told of each running job cancelled.
         self._cancel_listeners: list[Callable[[list[str]], None]] = []
+        # (queue, process id) -> (its row, expires_at) (kyu_processes).
+        self._processes: dict[tuple[str, str], tuple[ProcessInfo, datetime]] = {}
 
     def _record(self, job: Job, now: datetime, outcome: str, failure: Failure | None) -> None:
         runs = self._history[job.id]
@@ -201,24 +204,54 @@ class MemoryStore:
         return [job for job in (self.jobs.get(i) for i in dict.fromkeys(ids)) if job is not None]
 
     async def cancel_job(self, job_id: str, now: datetime) -> CancelResult:
+        results = await self.cancel_jobs([job_id], now)
+        return results.get(job_id, CancelResult(CancelOutcome.NOT_FOUND))
+
+    async def cancel_jobs(self, ids: Sequence[str], now: datetime) -> dict[str, CancelResult]:
         await trio.lowlevel.checkpoint()
-        job = self.jobs.get(job_id)
-        if job is None:
-            return CancelResult(CancelOutcome.NOT_FOUND)
-        running = job.status is JobStatus.RUNNING
-        if job.status not in READY_STATES and not running:
-            return CancelResult(CancelOutcome.NOT_CANCELLABLE, job.queue)
-        self.jobs[job_id] = attrs.evolve(job, status=JobStatus.CANCELLED, updated_at=now)
-        if running:
-            # As PostgreSQL's CANCEL_JOB: the run joins the history, and whoever listens
-            # is told at "commit" (here, at once).
-            lease = Lease(job.id, job.attempt)
-            message = "Cancelled: cancelled while running"
-            stopped = Failure(lease, JobStatus.CANCELLED, message, outcome="cancelled")
-            self._record(job, now, "cancelled", stopped)
+        # No checkpoint from here on: every row changes at once, as in one statement.
+        results: dict[str, CancelResult] = {}
+        told: list[str] = []
+        for job_id in sorted(set(ids)):
+            job = self.jobs.get(job_id)
+            if job is None:
+                continue
+            running = job.status is JobStatus.RUNNING
+            if job.status not in READY_STATES and not running:
+                results[job_id] = CancelResult(CancelOutcome.NOT_CANCELLABLE, job.queue)
+                continue
+            self.jobs[job_id] = attrs.evolve(job, status=JobStatus.CANCELLED, updated_at=now)
+            if running:
+                # As PostgreSQL's CANCEL_JOBS: the run joins the history, and whoever
+                # listens is told at "commit" (here, at once).
+                lease = Lease(job.id, job.attempt)
+                message = "Cancelled: cancelled while running"
+                stopped = Failure(lease, JobStatus.CANCELLED, message, outcome="cancelled")
+                self._record(job, now, "cancelled", stopped)
+                told.append(f"{job.id} {job.queue}")
+            results[job_id] = CancelResult(CancelOutcome.CANCELLED, job.queue)
+        if told:
             for listener in list(self._cancel_listeners):
-                listener([f"{job.id} {job.queue}"])
-        return CancelResult(CancelOutcome.CANCELLED, job.queue)
+                listener(told)
+        return results
+
+    async def delete_jobs(self, ids: Sequence[str]) -> list[tuple[str, str]]:
+        await trio.lowlevel.checkpoint()
+        deleted = []
+        for job_id in sorted(set(ids)):
+            job = self.jobs.get(job_id)
+            if job is None or job.status is JobStatus.RUNNING:
+                continue
+            self._forget(job_id)
+            deleted.append((job_id, job.queue))
+        return deleted
+
+    def _forget(self, job_id: str) -> None:
+        """Delete a job's row, with its history (ON DELETE CASCADE) and unique key."""
+        del self.jobs[job_id]
+        self._seq.pop(job_id, None)
+        self._history.pop(job_id, None)
+        self._unique_keys.pop(job_id, None)
 
     async def dead_jobs(self, queue: str, limit: int) -> list[Job]:
         await trio.lowlevel.checkpoint()
@@ -604,6 +637,28 @@ class MemoryStore:
         await trio.lowlevel.checkpoint()
         return sorted((r for (q, _), r in self._cron.items() if q == queue), key=lambda r: r.name)
 
+    async def run_cron_now(
+        self, queue: str, name: str, job_id: str, now: datetime, default_job_timeout: float
+    ) -> Ready | None:
+        await trio.lowlevel.checkpoint()
+        row = self._cron.get((queue, name))
+        if row is None:
+            return None
+        job = NewJob(
+            id=job_id,
+            queue=queue,
+            job_type=row.job_type,
+            payload=row.payload,
+            priority=row.priority,
+            max_retries=row.max_retries,
+            scheduled_at=now,
+            job_timeout=default_job_timeout if row.job_timeout is None else row.job_timeout,
+            status=JobStatus.PENDING,
+        )
+        self.jobs[job_id] = _new_row(job, now)
+        self._seq[job_id] = next(self._counter)
+        return self._ready(self.jobs[job_id])
+
     # ---- pausing a queue, and limits per job type ----
 
     async def set_paused(self, queue: str, paused: bool, now: datetime) -> None:
@@ -710,3 +765,37 @@ class MemoryStore:
         finally:
             if cancelled is not None:
                 self._cancel_listeners.remove(cancelled)
+
+    # ---- which processes serve a queue ----
+
+    async def record_process(self, queue: str, process: ProcessInfo, ttl: float) -> None:
+        await trio.lowlevel.checkpoint()
+        row = attrs.evolve(process, leader=False)  # not stored: read from the lease
+        expires_at = process.last_seen + timedelta(seconds=ttl)
+        self._processes[queue, process.process_id] = (row, expires_at)
+
+    async def remove_process(self, queue: str, process_id: str) -> None:
+        await trio.lowlevel.checkpoint()
+        self._processes.pop((queue, process_id), None)
+
+    async def processes(self, queue: str, now: datetime) -> list[ProcessInfo]:
+        await trio.lowlevel.checkpoint()
+        lease = self._leaders.get(queue)
+        leader = lease[0] if lease is not None and lease[2] > now else None
+        live = [
+            attrs.evolve(row, leader=row.process_id == leader)
+            for (q, _), (row, expires_at) in self._processes.items()
+            if q == queue and expires_at > now
+        ]
+        return sorted(live, key=lambda p: (p.started_at, p.process_id))
+
+    async def prune_processes(self, queue: str, before: datetime) -> int:
+        await trio.lowlevel.checkpoint()
+        gone = [
+            key
+            for key, (_, expires_at) in self._processes.items()
+            if key[0] == queue and expires_at < before
+        ]
+        for key in gone:
+            del self._processes[key]
+        return len(gone)

@@ -52,6 +52,7 @@ from .._ports import (
     QueueStats,
     Ready,
 )
+from .._processes import ProcessInfo
 from .._validation import decode_payload
 from . import _queries as q
 
@@ -321,6 +322,65 @@ def _uuid_array(ids: Sequence[str]) -> str:
     One joined string instead of a list: psycopg adapts a list element by element in
     Python, which cost more than the claim's own round trip on the hot path."""
     return "{" + ",".join(i for i in ids if _UUID_TEXT.fullmatch(i)) + "}"
+
+
+def cancel_params(ids: Sequence[str], now: datetime) -> dict[str, Any]:
+    """The parameters of `CANCEL_JOBS` (canonical ids: `cancel_job` passes one)."""
+    return {"ids": _uuid_array(ids), "now": now}
+
+
+def cancel_results(rows: Sequence[TupleRow]) -> dict[str, CancelResult]:
+    """What the rows of `CANCEL_JOBS` mean: job id -> its `CancelResult` (unknown ids
+    have no row, so no entry)."""
+    return {
+        str(job_id): CancelResult(
+            CancelOutcome.CANCELLED if cancelled else CancelOutcome.NOT_CANCELLABLE, queue
+        )
+        for job_id, queue, cancelled in rows
+    }
+
+
+def process_params(queue: str, process: ProcessInfo, ttl: float) -> dict[str, Any]:
+    """The parameters of `RECORD_PROCESS`."""
+    return {
+        "queue": queue,
+        "process_id": process.process_id,
+        "host": process.host,
+        "pid": process.pid,
+        "workers": process.workers,
+        "started_at": process.started_at,
+        "last_seen": process.last_seen,
+        "expires_at": process.last_seen + timedelta(seconds=ttl),
+    }
+
+
+def to_processes(rows: Sequence[TupleRow]) -> list[ProcessInfo]:
+    """The rows of `PROCESSES` as `ProcessInfo`."""
+    return [
+        ProcessInfo(
+            process_id=process_id,
+            host=host,
+            pid=pid,
+            workers=workers,
+            started_at=started_at,
+            last_seen=last_seen,
+            leader=bool(leader),
+        )
+        for process_id, host, pid, workers, started_at, last_seen, leader in rows
+    ]
+
+
+def run_cron_params(
+    queue: str, name: str, job_id: str, now: datetime, default_job_timeout: float
+) -> dict[str, Any]:
+    """The parameters of `RUN_CRON_NOW`."""
+    return {
+        "queue": queue,
+        "name": name,
+        "id": job_id,
+        "now": now,
+        "default_job_timeout": default_job_timeout,
+    }
 
 
 def _ints(values: Sequence[int]) -> str:
@@ -894,17 +954,28 @@ class PostgresStore:
         return await self._run(get)
 
     async def cancel_job(self, job_id: str, now: datetime) -> CancelResult:
-        def cancel(conn: psycopg.Connection[Any]) -> CancelResult:
-            row = conn.execute(q.CANCEL_JOB, {"id": job_id, "now": now}).fetchone()
-            assert row is not None
-            cancelled_queue, existing_queue = row
-            if cancelled_queue is not None:
-                return CancelResult(CancelOutcome.CANCELLED, cancelled_queue)
-            if existing_queue is not None:
-                return CancelResult(CancelOutcome.NOT_CANCELLABLE, existing_queue)
-            return CancelResult(CancelOutcome.NOT_FOUND)
+        results = await self.cancel_jobs([job_id], now)
+        return results.get(job_id, CancelResult(CancelOutcome.NOT_FOUND))
+
+    async def cancel_jobs(self, ids: Sequence[str], now: datetime) -> dict[str, CancelResult]:
+        params = cancel_params(ids, now)
+        if params["ids"] == "{}":
+            return {}
+
+        def cancel(conn: psycopg.Connection[Any]) -> dict[str, CancelResult]:
+            return cancel_results(conn.execute(q.CANCEL_JOBS, params).fetchall())
 
         return await self._run(cancel)
+
+    async def delete_jobs(self, ids: Sequence[str]) -> list[tuple[str, str]]:
+        params = {"ids": _uuid_array(ids)}
+        if params["ids"] == "{}":
+            return []
+
+        def delete(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
+            return [(str(r[0]), r[1]) for r in conn.execute(q.DELETE_JOBS, params).fetchall()]
+
+        return await self._run(delete)
 
     async def dead_jobs(self, queue: str, limit: int) -> list[Job]:
         def dead(conn: psycopg.Connection[Any]) -> list[Job]:
@@ -1238,6 +1309,17 @@ class PostgresStore:
 
         return await self._run(states)
 
+    async def run_cron_now(
+        self, queue: str, name: str, job_id: str, now: datetime, default_job_timeout: float
+    ) -> Ready | None:
+        params = run_cron_params(queue, name, job_id, now, default_job_timeout)
+
+        def run_now(conn: psycopg.Connection[Any]) -> Ready | None:
+            row = conn.execute(q.RUN_CRON_NOW, params).fetchone()
+            return None if row is None else Ready(str(row[0]), row[1], row[2])
+
+        return await self._run(run_now)
+
     # ---- pausing a queue, and limits per job type ----
 
     async def set_paused(self, queue: str, paused: bool, now: datetime) -> None:
@@ -1341,3 +1423,38 @@ class PostgresStore:
 
         # The lease pool, as heartbeats: a progress report needs no wait for the WAL flush.
         return await self._run(write, lease=True)
+
+    # ---- which processes serve a queue ----
+
+    async def record_process(self, queue: str, process: ProcessInfo, ttl: float) -> None:
+        params = process_params(queue, process, ttl)
+
+        def record(conn: psycopg.Connection[Any]) -> None:
+            conn.execute(q.RECORD_PROCESS, params)
+
+        # The lease pool, as heartbeats: losing one refresh in a crash costs nothing.
+        await self._run(record, lease=True)
+
+    async def remove_process(self, queue: str, process_id: str) -> None:
+        params = {"queue": queue, "process_id": process_id}
+
+        def remove(conn: psycopg.Connection[Any]) -> None:
+            conn.execute(q.REMOVE_PROCESS, params)
+
+        await self._run(remove)
+
+    async def processes(self, queue: str, now: datetime) -> list[ProcessInfo]:
+        params = {"queue": queue, "now": now}
+
+        def read(conn: psycopg.Connection[Any]) -> list[ProcessInfo]:
+            return to_processes(conn.execute(q.PROCESSES, params).fetchall())
+
+        return await self._run(read)
+
+    async def prune_processes(self, queue: str, before: datetime) -> int:
+        params = {"queue": queue, "before": before}
+
+        def prune(conn: psycopg.Connection[Any]) -> int:
+            return conn.execute(q.PRUNE_PROCESSES, params).rowcount
+
+        return await self._run(prune)

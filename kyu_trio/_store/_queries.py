@@ -141,23 +141,26 @@ GET_JOB = f"SELECT {JOB_COLUMNS}, {ATTEMPTS_OF_ROW} FROM kyu_jobs WHERE id = %s"
 # parameter is a ``{id,id,...}`` array literal (`_uuid_array`).
 GET_JOBS = f"SELECT {JOB_COLUMNS} FROM kyu_jobs WHERE id = ANY(%s::uuid[])"
 
-# One statement for every cancellation: a ready job is simply cancelled; a running one is
-# cancelled too, its run recorded as an attempt with the outcome 'cancelled', and the
-# process that runs it told through a 'kyu_cancelled' notification ("<id> <queue>", the
-# queue last: it may hold spaces), which PostgreSQL delivers at COMMIT. The worker's own
-# later write of that run is fenced by status = 'running' and writes nothing, so a cancel
-# racing the completion ends in exactly one of the two. ``old`` locks the row and reads
-# its status as it is once any concurrent write committed (an UPDATE's RETURNING only
-# sees the new row). The history is not trimmed here: a cancelled job never runs again,
-# and reads keep the last `max_attempts_kept` runs anyway. Returns (the queue if
-# cancelled, the queue if the job exists).
-CANCEL_JOB = """
+# One statement for every cancellation, of one job or of many (`cancel_job` runs it with
+# one id): a ready job is simply cancelled; a running one is cancelled too, its run
+# recorded as an attempt with the outcome 'cancelled', and the process that runs it told
+# through a 'kyu_cancelled' notification ("<id> <queue>", the queue last: it may hold
+# spaces), which PostgreSQL delivers at COMMIT. The worker's own later write of that run
+# is fenced by status = 'running' and writes nothing, so a cancel racing the completion
+# ends in exactly one of the two. ``old`` locks the rows (in id order, so that two bulk
+# cancels cannot deadlock on each other) and reads each status as it is once any
+# concurrent write committed (an UPDATE's RETURNING only sees the new row). The history
+# is not trimmed here: a cancelled job never runs again, and reads keep the last
+# `max_attempts_kept` runs anyway. Returns one row per job found: (id, its queue,
+# whether it was cancelled); an unknown id has no row.
+CANCEL_JOBS = """
 WITH old AS (
-    SELECT id, status FROM kyu_jobs WHERE id = %(id)s FOR UPDATE
+    SELECT id, queue, status FROM kyu_jobs WHERE id = ANY(%(ids)s::uuid[])
+    ORDER BY id FOR UPDATE
 ), cancelled AS (
     UPDATE kyu_jobs AS j SET status = 'cancelled', updated_at = %(now)s
     FROM old
-    WHERE j.id = %(id)s AND j.id = old.id
+    WHERE j.id = ANY(%(ids)s::uuid[]) AND j.id = old.id
       AND old.status IN ('pending', 'scheduled', 'failed', 'running')
     RETURNING j.id, j.queue, old.status AS was, j.attempt, j.locked_by, j.locked_at
 ), recorded AS (
@@ -171,9 +174,21 @@ WITH old AS (
     SELECT pg_notify('kyu_cancelled', id::text || ' ' || queue)
     FROM cancelled WHERE was = 'running'
 )
--- A plain CTE runs only if read: the one-row FROM reads ``notified`` whole.
-SELECT (SELECT queue FROM cancelled), (SELECT queue FROM kyu_jobs WHERE id = %(id)s)
-FROM (SELECT count(*) FROM notified) AS sent
+-- A plain CTE runs only if read: the one-row join reads ``notified`` whole.
+SELECT old.id::text, old.queue, cancelled.id IS NOT NULL
+FROM old LEFT JOIN cancelled ON cancelled.id = old.id
+CROSS JOIN (SELECT count(*) FROM notified) AS sent
+"""
+
+# Deletes jobs that are not running, of one job or of many (`delete_job` runs it with
+# one id), with their attempt history (ON DELETE CASCADE, migration 003). A running job
+# is left alone: its worker holds it, and `cancel_job` is how it stops. Conditional on
+# the status as it is once a concurrent write committed (a claim that takes the row
+# first makes it running, and it is kept). Returns (id, queue) of each deleted job.
+DELETE_JOBS = """
+DELETE FROM kyu_jobs
+WHERE id = ANY(%(ids)s::uuid[]) AND (status <> 'running') IS TRUE
+RETURNING id::text, queue
 """
 
 DEAD_JOBS = f"""
@@ -548,6 +563,19 @@ FROM kyu_cron WHERE queue = %(queue)s
 ORDER BY name
 """
 
+# A job of entry ``name`` now, by hand (`run_cron_now`): the entry's job type, payload,
+# priority, max_retries and job_timeout as recorded (NULL: the caller's default), pending
+# and due now. last_tick is not touched, so the schedule goes on as before, and no lease
+# is needed. No row back when the queue has no such entry.
+RUN_CRON_NOW = """
+INSERT INTO kyu_jobs (id, queue, job_type, payload, status, priority, scheduled_at,
+                      max_retries, job_timeout, created_at, updated_at, needs_push)
+SELECT %(id)s, queue, job_type, payload, 'pending', priority, %(now)s, max_retries,
+       coalesce(job_timeout, %(default_job_timeout)s), %(now)s, %(now)s, false
+FROM kyu_cron WHERE queue = %(queue)s AND name = %(name)s
+RETURNING id::text, priority, seq
+"""
+
 # ---- pausing a queue, and limits per job type (migration 009) ----
 
 SET_PAUSED = """
@@ -667,7 +695,7 @@ SELECT {", ".join(["NULL"] * len(CLAIMED_COLUMNS.split(",")))}, next_start FROM 
 
 # ---- cancelling running jobs ----
 
-#: The channel of the notification `CANCEL_JOB` sends for a running job: "<id> <queue>".
+#: The channel of the notification `CANCEL_JOBS` sends for a running job: "<id> <queue>".
 CANCELLED_CHANNEL = "kyu_cancelled"
 LISTEN_CANCELLED = "LISTEN kyu_cancelled"
 
@@ -692,4 +720,38 @@ SET progress = held.progress
 FROM held
 WHERE j.id = held.id
 RETURNING j.id::text
+"""
+
+# ---- which processes serve a queue (migration 012) ----
+
+# A serving process writes its own row at start and every leader_interval: one upsert.
+RECORD_PROCESS = """
+INSERT INTO kyu_processes AS p
+    (queue, process_id, host, pid, workers, started_at, last_seen, expires_at)
+VALUES (%(queue)s, %(process_id)s, %(host)s, %(pid)s, %(workers)s, %(started_at)s,
+        %(last_seen)s, %(expires_at)s)
+ON CONFLICT (queue, process_id) DO UPDATE
+SET host = EXCLUDED.host, pid = EXCLUDED.pid, workers = EXCLUDED.workers,
+    started_at = EXCLUDED.started_at, last_seen = EXCLUDED.last_seen,
+    expires_at = EXCLUDED.expires_at
+"""
+
+REMOVE_PROCESS = """
+DELETE FROM kyu_processes WHERE queue = %(queue)s AND process_id = %(process_id)s
+"""
+
+# The queue's live processes, oldest first, each with whether it holds the maintenance
+# lease now (kyu_leaders.holder is the same worker id).
+PROCESSES = """
+SELECT p.process_id, p.host, p.pid, p.workers, p.started_at, p.last_seen,
+       coalesce(l.expires_at > %(now)s, false)
+FROM kyu_processes AS p
+LEFT JOIN kyu_leaders AS l ON l.queue = p.queue AND l.holder = p.process_id
+WHERE p.queue = %(queue)s AND p.expires_at > %(now)s
+ORDER BY p.started_at, p.process_id
+"""
+
+# Rows of processes gone (expired) before ``before``: the leader's pruner.
+PRUNE_PROCESSES = """
+DELETE FROM kyu_processes WHERE queue = %(queue)s AND expires_at < %(before)s
 """

@@ -5,6 +5,7 @@ one way."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable
@@ -139,6 +140,47 @@ async def _inspect(harness: Harness, job_id: str) -> Any:
     job = await harness.store.get_job(job_id)
     assert job is not None
     return job
+
+
+async def test_an_asyncio_handler_is_cancelled_and_its_finally_runs(harness: Harness) -> None:
+    pytest.importorskip("trio_asyncio")
+    queue = harness.queue()
+    seen: dict[str, bool] = {}
+    # trio-asyncio runs the asyncio side in trio's thread, inside trio tasks: it may set
+    # trio events.
+    started, cleaned_up = trio.Event(), trio.Event()
+
+    async def long(payload: None) -> None:
+        seen["started"] = True
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            seen["cancelled"] = True
+            raise
+        finally:
+            await asyncio.sleep(0.01)  # cleanup that awaits, on asyncio
+            seen["cleaned_up"] = True
+            cleaned_up.set()
+
+    queue.register("long", long, asyncio=True)
+    async with queue, trio.open_nursery() as nursery:
+        job_id = await queue.enqueue("long", None, job_timeout=7200, max_retries=5)
+        await nursery.start(queue.serve)
+        with trio.fail_after(10):
+            await started.wait()
+        assert await queue.cancel_job(job_id) is True
+        with trio.fail_after(5):
+            with pytest.raises(JobFailed, match="ended cancelled"):
+                await queue.result(job_id)
+            await cleaned_up.wait()
+        await trio.sleep(0.5)  # a retry, had one been scheduled, would start now
+        job = await queue.inspect(job_id)
+        queue.shutdown()
+    assert seen == {"started": True, "cancelled": True, "cleaned_up": True}
+    assert (job.status, job.retry_count) == (JobStatus.CANCELLED, 0)
+    assert [(a.attempt, a.outcome) for a in job.attempts] == [(1, "cancelled")]
+    assert processed(queue, "cancelled") == 1
 
 
 async def test_a_sync_handler_is_recorded_cancelled_and_its_thread_abandoned(
