@@ -13,9 +13,9 @@ module path that cannot be imported.
 """
 
 # Importing the command modules registers their commands on `cli`.
-from . import _cron, _dev_command, _jobs, _worker
+from . import _cron, _dashboard, _dev_command, _jobs, _worker
 from ._app import cli, main
 from ._parsing import parse_duration
 
 __all__ = ["cli", "main", "parse_duration"]
-del _cron, _dev_command, _jobs, _worker
+del _cron, _dashboard, _dev_command, _jobs, _worker
