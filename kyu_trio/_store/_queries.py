@@ -324,7 +324,9 @@ WHERE (j.status = 'running' AND j.attempt = t.attempt AND j.locked_by = %(worker
       IS NOT TRUE
 """
 
-# The inner SELECT walks kyu_jobs_due_idx; SKIP LOCKED lets two schedulers share the work.
+# The inner SELECT walks kyu_jobs_due_idx in its order (scheduled_at, seq: migration 014),
+# so a batch reads its rows without sorting the due ones; SKIP LOCKED lets two schedulers
+# share the work.
 # nextval() in the ordered subquery hands out sequence numbers in due order.
 PROMOTE_DUE = """
 WITH due AS (

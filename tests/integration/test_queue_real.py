@@ -224,6 +224,24 @@ async def test_maintenance_queries_use_their_index(
     assert index in "\n".join(r[0] for r in plan), name
 
 
+async def test_promotion_reads_due_jobs_in_order_without_sorting_them(
+    real_queue: Queue, pg_dsn: str
+) -> None:
+    # Each batch of the scheduler takes the 1,000 first due jobs: a Sort over every due
+    # row of the queue made promoting 100,000 jobs due at one instant cost ~10 s (each
+    # batch sorted them all again); kyu_jobs_due_idx holds them in promotion order.
+    from kyu_trio._store import _queries as q
+
+    params = {"queue": "q", "now": datetime.now(UTC), "limit": 1000}
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute("SET enable_seqscan = off")
+        plan = "\n".join(
+            r[0] for r in conn.execute(("EXPLAIN " + q.PROMOTE_DUE).encode(), params).fetchall()
+        )
+        conn.rollback()
+    assert "kyu_jobs_due_idx" in plan and "Sort" not in plan, plan
+
+
 @pytest.mark.parametrize(
     "name",
     [
