@@ -76,6 +76,9 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=5_000, help="jobs enqueued one by one")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--workers", type=int, default=50, help="workers per process")
+    parser.add_argument(
+        "--floor-loops", type=int, default=8, help="concurrent loops per floor process"
+    )
     args = parser.parse_args()
     jobs = args.jobs - args.jobs % 1000
 
@@ -88,7 +91,9 @@ def main() -> None:
             floor_q + "-single", args.single
         )
         trio.run(enqueue_figures, floor_q, jobs, 0)
-        results["floor"] = run_workers("bench.floor", floor_q, args.processes, args.workers, jobs)
+        results["floor"] = run_workers(
+            "bench.floor", floor_q, args.processes, args.floor_loops, jobs
+        )
     finally:
         cleanup(kyu_q, kyu_q + "-single", floor_q, floor_q + "-single")
     kyu, floor, enq = results["kyu"], results["floor"], results["enqueue"]
@@ -98,7 +103,8 @@ def main() -> None:
             f"# Throughput ({jobs} no-op jobs, "
             f"{args.processes} processes x {args.workers} workers)",
             "",
-            "| figure | kyu-trio | floor (bare batched loop) |",
+            f"| figure | kyu-trio | floor ({args.floor_loops} concurrent bare batch loops "
+            "per process, no job body; the full curve: `python -m bench.floor --curve`) |",
             "|---|---|---|",
             f"| single enqueue jobs/s | {enq['single_enqueue_per_s']:,.0f} | "
             f"{enq['single_floor_per_s']:,.0f} (INSERT + ZADD, blocking) |",
@@ -113,7 +119,8 @@ def main() -> None:
             "",
             f"kyu-trio processed {results['kyu_fraction_of_floor']:.0%} of the floor's rate.",
             "Reproduce: `.venv/bin/python -m bench.throughput "
-            f"--jobs {args.jobs} --processes {args.processes} --workers {args.workers}`",
+            f"--jobs {args.jobs} --processes {args.processes} --workers {args.workers} "
+            f"--floor-loops {args.floor_loops}`",
         ]
     )
     write_results("throughput", results, summary)

@@ -277,3 +277,40 @@ def live_server() -> Iterator[Callable[[ASGIApp], str]]:
     pytest.importorskip("hypercorn", reason="hypercorn is missing: pip install -e '.[dev]'")
     with contextlib.ExitStack() as stack:
         yield lambda app: stack.enter_context(serve_asgi(app))
+
+
+def with_tasks(app: ASGIApp, *tasks: Callable[..., Any]) -> ASGIApp:
+    """``app``, whose ASGI lifespan also runs ``tasks``: each is started with
+    ``nursery.start(task)`` (so it is ready, e.g. a `Queue.serve` with its workers up) before
+    the app's own startup, in the server's trio loop, and cancelled after its shutdown.
+
+    A task that fails to start fails the lifespan startup (``serve_asgi`` raises it).
+
+    Example::
+
+        with serve_asgi(with_tasks(create_app(dsn=dsn), queue.serve)) as url:
+            ...  # the dashboard, and a worker serving the queue beside it
+    """
+
+    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await app(scope, receive, send)
+            return
+        first = await receive()  # lifespan.startup
+        async with trio.open_nursery() as nursery:
+            try:
+                for task in tasks:
+                    await nursery.start(task)
+            except Exception as exc:
+                await send({"type": "lifespan.startup.failed", "message": repr(exc)})
+                nursery.cancel_scope.cancel()
+                return
+            replay = [first]
+
+            async def receive_again() -> Any:
+                return replay.pop() if replay else await receive()
+
+            await app(scope, receive_again, send)
+            nursery.cancel_scope.cancel()
+
+    return wrapped
