@@ -27,6 +27,7 @@ from ._common import RESULTS, ROOT, machine
 FULL: dict[str, list[str]] = {
     "dispatch": [],
     "throughput": ["--jobs", "50000", "--processes", "2", "--workers", "50"],
+    "floor": ["--curve", "--jobs", "20000"],
     "latency": ["--rates", "100", "500", "2000", "--seconds", "10"],
     "peers": ["--jobs", "20000", "--processes", "2", "--single", "2000", "--repeat", "3"],
     "scale": [
@@ -47,6 +48,7 @@ FULL: dict[str, list[str]] = {
 QUICK: dict[str, list[str]] = {
     "dispatch": [],
     "throughput": ["--jobs", "10000", "--single", "1000", "--processes", "2"],
+    "floor": ["--curve", "--jobs", "5000", "--processes", "1,2", "--loops", "1,4"],
     "latency": ["--rates", "100", "500", "--seconds", "3"],
     "peers": [
         "--jobs",
@@ -169,6 +171,26 @@ def summary() -> str:
                     f"pgqueuer {theirs:,.0f}",
                     f"{ours / theirs:.2f}x",
                     f">= 1x: {verdict(ours >= theirs)}",
+                )
+            )
+
+    floor = load("floor")
+    if floor is not None:
+        when.append(f"floor {floor['_mtime']}")
+        best = floor["floor"]
+        where = f"{best['processes']} x {best['loops']} loops"
+        for point in floor["points"]:
+            if point["system"] == "floor":
+                continue
+            share = point["jobs_per_s"] / best["jobs_per_s"]
+            rows.append(
+                (
+                    f"processed jobs/s, {point['system']}, vs the concurrent floor "
+                    "(bench.floor --curve, INCR job body)",
+                    f"{point['jobs_per_s']:,.0f}",
+                    f"floor {best['jobs_per_s']:,.0f} ({where})",
+                    f"{share:.0%}",
+                    f">= 70%: {verdict(share >= 0.70)}",
                 )
             )
 

@@ -42,6 +42,41 @@ def cpu_seconds_of(names: tuple[str, ...]) -> float:
     return total / CLOCK_TICKS
 
 
+def cpu_by_pid(names: tuple[str, ...]) -> dict[int, float]:
+    """utime+stime, in seconds, of each process whose command name is in ``names``."""
+    found: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        if comm.startswith(names):
+            fields = stat[stat.rindex(")") + 2 :].split()
+            found[int(entry.name)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return found
+
+
+class ServerCpu:
+    """CPU time a server's processes spend from `start` to the last `sample`, including
+    processes that start or exit in between (a backend of a connection that closes):
+    each is sampled while it lives, so an exit loses at most one sampling interval of it,
+    where a difference of two sums would lose all of it (and could come out negative)."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self._names = names
+        self._start = cpu_by_pid(names)
+        self._last = dict(self._start)
+
+    def sample(self) -> None:
+        self._last.update(cpu_by_pid(self._names))
+
+    def seconds(self) -> float:
+        return sum(cpu - self._start.get(pid, 0.0) for pid, cpu in self._last.items())
+
+
 def process_cpu(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
@@ -75,7 +110,7 @@ def run_workers(
     """Start ``processes`` copies of ``python -m module QUEUE WORKERS``, wait until
     ``total`` jobs of ``queue`` are completed, stop them; return wall time and CPU figures."""
     vacuum()
-    server_cpu0 = cpu_seconds_of(("postgres",)), cpu_seconds_of(("redis-server",))
+    pg_cpu, redis_cpu = ServerCpu(("postgres",)), ServerCpu(("redis-server",))
     started = time.perf_counter()
     procs = [
         subprocess.Popen(
@@ -89,13 +124,15 @@ def run_workers(
         while count_status(queue, "completed") < total:
             if any(p.poll() not in (None, 0) for p in procs):
                 raise RuntimeError(f"a worker process of {module} failed")
+            pg_cpu.sample()
+            redis_cpu.sample()
             time.sleep(0.05)
         elapsed = time.perf_counter() - started
         # Read every CPU figure while the workers (and their PostgreSQL backends) live:
         # an exited process's CPU time can no longer be read.
         worker_cpu = sum(process_cpu(p.pid) for p in procs)
-        pg_cpu = cpu_seconds_of(("postgres",)) - server_cpu0[0]
-        redis_cpu = cpu_seconds_of(("redis-server",)) - server_cpu0[1]
+        pg_cpu.sample()
+        redis_cpu.sample()
     finally:
         for p in procs:
             p.terminate()
@@ -106,8 +143,8 @@ def run_workers(
         "seconds": elapsed,
         "jobs_per_s": total / elapsed,
         "worker_cpu_s_per_1k": worker_cpu * per_k,
-        "postgres_cpu_s_per_1k": pg_cpu * per_k,
-        "redis_cpu_s_per_1k": redis_cpu * per_k,
+        "postgres_cpu_s_per_1k": pg_cpu.seconds() * per_k,
+        "redis_cpu_s_per_1k": redis_cpu.seconds() * per_k,
     }
 
 
