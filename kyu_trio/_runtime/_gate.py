@@ -107,6 +107,10 @@ class ClaimGate:
             self._unpark_at[job_type] = when
             self._wake.set()
 
+    def has_limits(self) -> bool:
+        """Whether any job type of the queue is known to have limits here."""
+        return bool(self._limited)
+
     async def released(self, job_types: Iterable[str]) -> None:
         """Jobs of these types stopped running here: a slot of each limited one freed,
         so one parked id of it goes back to the queue per job."""

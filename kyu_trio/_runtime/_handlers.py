@@ -125,7 +125,9 @@ class Registry:
         reports to ``progress`` (without one, it raises `KyuError`).
         """
         token = _current_job.set(job)
-        report = progress.start(job) if progress is not None else None
+        running = progress.running if progress is not None else None
+        if running is not None:
+            running[job.id] = job
         # The handler's value bypasses the middleware: a middleware written before results
         # existed (``await call_next()`` without returning it) must not lose it.
         returned: list[Any] = []
@@ -135,8 +137,8 @@ class Registry:
                 call = functools.partial(mw, job, call)
             await call()
         finally:
-            if report is not None:
-                report.end()
+            if running is not None:
+                running.pop(job.id, None)
             _current_job.reset(token)
         return returned[-1] if returned else None
 

@@ -132,6 +132,8 @@ class WorkerPool:
         self._run_scopes: dict[str, trio.CancelScope] = {}
         self._lost: dict[str, str] = {}
         self._progress = ProgressFlusher(self._store, worker_id, self._log)
+        # The tracing hooks (the `otel` extra), looked up once per claim, not per job.
+        self._tracing = _tracing.hooks()
         self._gate = ClaimGate(context, registry, worker_id)  # pause and limits
         self._limits_recorded = trio.Event()
 
@@ -327,6 +329,8 @@ class WorkerPool:
                     self._release_slots(free - len(claimed))
 
     def _hand_out(self, claimed: list[Job], jobs_send: trio.MemorySendChannel[Job]) -> None:
+        if claimed:
+            self._tracing = _tracing.hooks()
         for job in claimed:
             self._held[job.id] = job
             jobs_send.send_nowait(job)  # room is guaranteed by the slots
@@ -430,6 +434,7 @@ class WorkerPool:
         jobs_recv: trio.MemoryReceiveChannel[Job],
         out_send: trio.MemorySendChannel[Outcome],
     ) -> None:
+        self._progress.serve_here()  # for this task's runs, not per job
         async with jobs_recv, out_send:
             while await self._run_jobs(jobs_recv, out_send):
                 pass
@@ -452,6 +457,9 @@ class WorkerPool:
         self._job_scopes.add(scope)
         job: Job | None = None
         started = 0.0
+        # The hooks that started the running job's span end it, even if the pool's
+        # change meanwhile (a tracer provider set while it ran).
+        trace = self._tracing
         try:
             with scope:
                 while True:
@@ -464,7 +472,8 @@ class WorkerPool:
                     else:
                         started = trio.current_time()
                         scope.deadline = started + job.job_timeout
-                        _tracing.hooks().run_started(job)  # the `otel` extra: the run's span
+                        trace = self._tracing
+                        trace.run_started(job)  # the `otel` extra: the run's span
                         error: BaseException | None = None
                         value = None
                         self._run_scopes[job.id] = scope  # what cancel_running cancels
@@ -487,7 +496,7 @@ class WorkerPool:
                             outcome = await self._snoozed(job, duration, snooze)
                         else:
                             outcome = self._finished(job, duration, error, value)
-                    await self._send_outcome(out_send, outcome)
+                    await self._send_outcome(out_send, outcome, trace)
                     job = None
         except trio.Cancelled:
             # serve() itself is being cancelled: put a running job back before letting go.
@@ -514,15 +523,15 @@ class WorkerPool:
                 outcome = self._failed(
                     job, duration, timeout_message(job.job_timeout), outcome="timed_out"
                 )
-            await self._send_outcome(out_send, outcome)
+            await self._send_outcome(out_send, outcome, trace)
         return True
 
     async def _send_outcome(
-        self, out_send: trio.MemorySendChannel[Outcome], outcome: Outcome
+        self, out_send: trio.MemorySendChannel[Outcome], outcome: Outcome, trace: _tracing.Tracing
     ) -> None:
         """Hand the outcome to the completer (no checkpoint), or write it here if the
         completer is gone (serve() is being cancelled)."""
-        _tracing.hooks().run_ended(outcome)  # ends the run's span (the `otel` extra)
+        trace.run_ended(outcome)  # ends the run's span (the `otel` extra)
         try:
             out_send.send_nowait(outcome)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -672,7 +681,8 @@ class WorkerPool:
         unanswered = False
         with self._until_give_up():
             # A job that shows its outcome shows its last progress too.
-            await self._progress.flush_ended(o.job.id for o in outcomes)
+            if self._progress.has_pending():
+                await self._progress.flush_ended(o.job.id for o in outcomes)
             while unwritten:
                 unanswered = True
                 try:
@@ -710,7 +720,8 @@ class WorkerPool:
         ]
         if finished:
             await self._announce(finished)
-        await self._gate.released(o.job.job_type for o in outcomes)
+        if self._gate.has_limits():
+            await self._gate.released(o.job.job_type for o in outcomes)
 
     #: Until when announcing is off after Redis failed to answer one (trio time).
     _announce_quiet_until: float = -math.inf

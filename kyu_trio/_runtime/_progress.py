@@ -62,14 +62,24 @@ class ProgressFlusher:
         self._token: trio.lowlevel.TrioToken | None = None
         self._wake = trio.Event()
         self._writing = trio.Lock()
+        #: The jobs whose handlers run now, by id: `Registry.execute` adds and removes
+        #: each (one dict write each way per job; read from handler threads too).
+        self.running: dict[str, Job] = {}
 
-    def start(self, job: Job) -> RunReport:
-        """Make `Job.set_progress` report ``job``'s run here, in the calling context (and
-        the threads and tasks it starts); `RunReport.end` stops it."""
-        return RunReport(self, Lease(job.id, job.attempt))
+    def serve_here(self) -> None:
+        """Make `Job.set_progress` report here from the calling task (a worker) and the
+        threads and tasks it starts: once per worker task, not per job, as the per-job
+        bookkeeping is `running` alone."""
+        _reporting.set(self)
 
-    def set(self, lease: Lease, text: str) -> None:
-        """Keep ``text`` as the run's latest progress. Never blocks on I/O."""
+    def set(self, job: Job, text: str) -> None:
+        """Keep ``text`` as the latest progress of ``job``'s run. Never blocks on I/O.
+        Dropped once the run has ended (a thread abandoned at the job's timeout): its
+        outcome is recorded already."""
+        run = self.running.get(job.id)
+        if run is None or run.attempt != job.attempt:
+            return
+        lease = Lease(job.id, job.attempt)
         with self._lock:
             idle = not self._pending
             self._pending[lease.id] = _Update(Progress(lease, text))
@@ -103,6 +113,11 @@ class ProgressFlusher:
             # still land (the fence does not need the job to be running).
             with trio.CancelScope(shield=True), trio.move_on_after(FINAL_FLUSH_LIMIT):
                 await self._flush(None)
+
+    def has_pending(self) -> bool:
+        """Whether any progress waits to be written (a read without the lock: a value set
+        just after it is written by the flusher, as any other)."""
+        return bool(self._pending)
 
     async def flush_ended(self, ids: Iterable[str]) -> None:
         """Write the pending progress of these jobs, whose runs have ended, now: the
@@ -177,37 +192,20 @@ class ProgressFlusher:
             self._wake.set()
 
 
-#: The run whose progress `Job.set_progress` reports, in the context running its handler.
-_reporting: contextvars.ContextVar[RunReport] = contextvars.ContextVar("kyu_trio.progress")
-
-
-class RunReport:
-    """One run's channel to its pool's flusher, current in the run's context while it
-    lasts. Progress set after `end` (by a thread abandoned at the job's timeout) is
-    dropped: the run's outcome is recorded already."""
-
-    def __init__(self, flusher: ProgressFlusher, lease: Lease) -> None:
-        self.lease = lease
-        self._flusher = flusher
-        self._ended = False
-        self._token = _reporting.set(self)
-
-    def set(self, text: str) -> None:
-        if not self._ended:
-            self._flusher.set(self.lease, text)
-
-    def end(self) -> None:
-        self._ended = True
-        _reporting.reset(self._token)
+#: The flusher of the worker task running the calling handler (set once per worker task,
+#: inherited by the threads and tasks the handler starts).
+_reporting: contextvars.ContextVar[ProgressFlusher] = contextvars.ContextVar("kyu_trio.progress")
 
 
 def report_progress(job: Job, value: Any) -> None:
     """What `Job.set_progress` does: check, encode, hand to the running pool."""
-    run = _reporting.get(None)
-    if run is None or run.lease != Lease(job.id, job.attempt):
+    from ._handlers import _current_job  # _handlers imports this module
+
+    flusher, run = _reporting.get(None), _current_job.get(None)
+    if flusher is None or run is None or (run.id, run.attempt) != (job.id, job.attempt):
         raise KyuError(
             f"set_progress() was called on job {job.id}, which is not the job running "
             "here: call current_job().set_progress(value) from the job's handler or "
             "middleware"
         )
-    run.set(encode_progress(value))
+    flusher.set(job, encode_progress(value))
