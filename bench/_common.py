@@ -25,23 +25,6 @@ def new_queue_name(prefix: str) -> str:
     return f"kyu:bench-{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def cpu_seconds_of(names: tuple[str, ...]) -> float:
-    """utime+stime of every process whose command name is in ``names``."""
-    total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-        if comm.startswith(names):
-            fields = stat[stat.rindex(")") + 2 :].split()
-            total += int(fields[11]) + int(fields[12])
-    return total / CLOCK_TICKS
-
-
 def cpu_by_pid(names: tuple[str, ...]) -> dict[int, float]:
     """utime+stime, in seconds, of each process whose command name is in ``names``."""
     found: dict[int, float] = {}

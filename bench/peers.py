@@ -68,7 +68,7 @@ from ._common import (
     REDIS_URL,
     RESULTS,
     ROOT,
-    cpu_seconds_of,
+    ServerCpu,
     machine,
     new_queue_name,
     run_workers,
@@ -477,7 +477,7 @@ def burn_down(
     procs: list[subprocess.Popen[bytes]] = []
     logs = []
     RESULTS.mkdir(parents=True, exist_ok=True)
-    server_cpu0 = cpu_seconds_of(("postgres",)), cpu_seconds_of(("redis-server",))
+    pg_cpu, redis_cpu = ServerCpu(("postgres",)), ServerCpu(("redis-server",))
     started = time.perf_counter()
     try:
         for i in range(args.processes):
@@ -513,11 +513,13 @@ def burn_down(
                 raise PeerFailure(f"no progress for {args.stall:.0f}s at {done}/{jobs} jobs")
             if now - started > args.timeout:
                 raise PeerFailure(f"timed out after {args.timeout:.0f}s at {done}/{jobs} jobs")
+            pg_cpu.sample()
+            redis_cpu.sample()
             time.sleep(POLL_S)
         elapsed = time.perf_counter() - started
         worker_cpu = sum(process_tree([p.pid for p in procs]).values())
-        pg_cpu = cpu_seconds_of(("postgres",)) - server_cpu0[0]
-        redis_cpu = cpu_seconds_of(("redis-server",)) - server_cpu0[1]
+        pg_cpu.sample()
+        redis_cpu.sample()
     finally:
         leftovers = stop_processes(procs)
         for log in logs:
@@ -530,8 +532,8 @@ def burn_down(
         "jobs_per_s": jobs / elapsed,
         "jobs_counted": done,
         "worker_cpu_s_per_1k": worker_cpu * per_k,
-        "postgres_cpu_s_per_1k": pg_cpu * per_k,
-        "redis_cpu_s_per_1k": redis_cpu * per_k,
+        "postgres_cpu_s_per_1k": pg_cpu.seconds() * per_k,
+        "redis_cpu_s_per_1k": redis_cpu.seconds() * per_k,
     }
 
 
