@@ -22,6 +22,7 @@ import psycopg
 
 from .._cron import CronState
 from .._job import JobStatus
+from .._processes import ProcessInfo
 from .._store import _queries as q
 from ._query import Cursor, JobFilter, count_query, list_query
 
@@ -332,17 +333,6 @@ def chart(conn: Conn, queue: str, now: datetime, info: ServerInfo) -> list[Minut
 
 
 @attrs.frozen
-class ProcessRow:
-    process_id: str
-    host: str
-    pid: int
-    workers: int
-    started_at: datetime
-    last_seen: datetime
-    leader: bool
-
-
-@attrs.frozen
 class LeaderRow:
     holder: str
     term: int
@@ -370,7 +360,7 @@ class QueueOverview:
     lag: float
     paused: bool
     leader: LeaderRow | None
-    processes: list[ProcessRow]
+    processes: list[ProcessInfo]
     cron: list[CronRow]
     limits: list[LimitRow]
     chart: list[Minute]
@@ -392,7 +382,7 @@ def queue_overview(
     leader: LeaderRow | None = None
     cron: list[CronRow] = []
     limits: list[LimitRow] = []
-    processes: list[ProcessRow] = []
+    processes: list[ProcessInfo] = []
     if info.schema_version >= 9:
         row = conn.execute(q.IS_PAUSED, {"queue": queue}).fetchone()
         paused = bool(row and row[0])
@@ -414,15 +404,10 @@ def queue_overview(
             ).fetchall()
         ]
     if info.has_processes:
-        holder = leader.holder if leader else None
+        # The library's own read (`Queue.processes`), on the dashboard's connection.
         processes = [
-            ProcessRow(**_named(ProcessRow, r), leader=r[0] == holder)
-            for r in conn.execute(
-                "SELECT process_id, host, pid, workers, started_at, last_seen "
-                "FROM kyu_processes WHERE queue = %(queue)s AND expires_at > %(now)s "
-                "ORDER BY host, pid",
-                {"queue": queue, "now": now},
-            ).fetchall()
+            ProcessInfo(*r)
+            for r in conn.execute(q.PROCESSES, {"queue": queue, "now": now}).fetchall()
         ]
     return QueueOverview(
         queue,
