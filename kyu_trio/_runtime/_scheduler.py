@@ -4,9 +4,12 @@ broker from the store when it has lost its data."""
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
 import trio
 
+from .._errors import KyuError
+from .._ports import Ready
 from ._outage import Outage
 from ._service import Context, ticker
 
@@ -26,16 +29,44 @@ class Scheduler:
             await self.resync()
         now = ctx.clock.now()
         promoted = 0
-        while True:
-            ready = await ctx.store.promote_due(ctx.queue, now, BATCH)
-            await ctx.broker.push(ctx.queue, ready)
-            promoted += len(ready)
-            if len(ready) < BATCH:
-                break
+        ready = await ctx.store.promote_due(ctx.queue, now, BATCH)
+        while len(ready) == BATCH:
+            ready, pushed = await self._push_and_promote(ready, now)
+            promoted += pushed
+        await ctx.broker.push(ctx.queue, ready)
+        promoted += len(ready)
         if promoted:
             ctx.log.debug("promoted %d due jobs of %r", promoted, ctx.queue)
             ctx.metrics.promoted.inc(promoted)
         return promoted
+
+    async def _push_and_promote(self, ready: list[Ready], now: datetime) -> tuple[list[Ready], int]:
+        """Push ``ready`` while the next batch is promoted: the two share nothing, and the
+        statements still run one after another, so jobs are promoted in due order. The
+        first `KyuError` is raised (the promotion's first); rows promoted but not pushed
+        are pending in the store, and the sweep pushes them."""
+        ctx = self._ctx
+        errors: list[KyuError] = []
+        found: list[Ready] = []
+
+        async def push() -> None:
+            try:
+                await ctx.broker.push(ctx.queue, ready)
+            except KyuError as exc:
+                errors.append(exc)
+
+        async def promote() -> None:
+            try:
+                found.extend(await ctx.store.promote_due(ctx.queue, now, BATCH))
+            except KyuError as exc:
+                errors.insert(0, exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(push)
+            nursery.start_soon(promote)
+        if errors:
+            raise errors[0]
+        return found, len(ready)
 
     async def resync(self) -> int:
         """Push every pending job of the queue to the broker again, page by page."""
