@@ -362,9 +362,14 @@ def decide(entry: CronEntry, last_tick: datetime, now: datetime) -> Decision | N
 
 
 def cron_job(
-    entry: CronEntry, queue: str, tick: datetime, job_id: str, default_job_timeout: float
+    entry: CronEntry | CronState,
+    queue: str,
+    tick: datetime,
+    job_id: str,
+    default_job_timeout: float,
 ) -> NewJob:
-    """The job a tick enqueues: pending, due at the tick.
+    """The job a tick enqueues, or a run now (`Queue.run_cron_now`, from the entry as the
+    database records it): pending, due at ``tick``.
 
     Example::
 

@@ -16,7 +16,7 @@ from typing import TypeGuard
 import attrs
 import trio
 
-from .._cron import CronEntry, CronState, initial_tick
+from .._cron import CronEntry, CronState, cron_job, initial_tick
 from .._job import FINAL_STATES, READY_STATES, Attempt, Job, JobStatus
 from .._ports import (
     CancelOutcome,
@@ -644,17 +644,7 @@ class MemoryStore:
         row = self._cron.get((queue, name))
         if row is None:
             return None
-        job = NewJob(
-            id=job_id,
-            queue=queue,
-            job_type=row.job_type,
-            payload=row.payload,
-            priority=row.priority,
-            max_retries=row.max_retries,
-            scheduled_at=now,
-            job_timeout=default_job_timeout if row.job_timeout is None else row.job_timeout,
-            status=JobStatus.PENDING,
-        )
+        job = cron_job(row, queue, now, job_id, default_job_timeout)
         self.jobs[job_id] = _new_row(job, now)
         self._seq[job_id] = next(self._counter)
         return self._ready(self.jobs[job_id])
