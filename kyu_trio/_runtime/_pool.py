@@ -58,6 +58,12 @@ POP_WAIT = 1.0
 FETCHERS = 2
 #: Most outcomes written in one statement.
 MAX_BATCH = 500
+#: With a backlog, how long a fetcher waits for half of the workers to be free before
+#: claiming for those that are (seconds). A claim costs a round trip and a thread hop
+#: however many rows it takes: claiming 50 at a time instead of 30 made 2 processes x 100
+#: workers about 13 % faster (bench.floor). An idle queue never waits: the fetcher only
+#: lingers when its last pop filled every free slot.
+CLAIM_LINGER = 0.005
 #: Once shutdown has cancelled the running jobs (or serve() is cancelled, or crashed), how
 #: long the last outcome writes may take before we give up on them (the reaper then
 #: rescues their jobs). Bounds shutdown even when PostgreSQL hangs.
@@ -107,6 +113,7 @@ class WorkerPool:
         self._log = context.log
         self._policy = RetryPolicy(config.max_backoff, config.retry_jitter)
         self._slots = trio.Semaphore(config.workers)
+        self._gathering = trio.Lock()
         # One thread per worker for plain `def` handlers: with trio's default limit (40)
         # a job could wait for a thread while its timeout runs.
         self._threads = trio.CapacityLimiter(config.workers)
@@ -239,26 +246,42 @@ class WorkerPool:
             self._limits_recorded.set()
             return
 
-    async def _take_slots(self) -> int:
-        await self._slots.acquire()
-        taken = 1
-        # Workers finishing in the same scheduling rounds release their slots during these
-        # checkpoints: gather until a round frees none, so that one claim serves all of
-        # them instead of one small claim each (a claim costs a round trip and a thread
-        # hop however many rows it takes).
-        while taken < MAX_BATCH:
-            await trio.lowlevel.checkpoint()
-            gained = 0
-            while taken < MAX_BATCH:
-                try:
-                    self._slots.acquire_nowait()
-                except trio.WouldBlock:
-                    break
-                taken += 1
-                gained += 1
-            if not gained:
-                break
-        return taken
+    async def _take_slots(self, backlog: bool) -> int:
+        """Wait for a free worker; return how many are free now, all taken for one claim."""
+        # One fetcher gathers at a time: two waiting on the semaphore at once would each
+        # get every other freed slot, and each claim half as many jobs.
+        async with self._gathering:
+            await self._slots.acquire()
+            taken = 1
+            try:
+                # Workers finishing in the same scheduling rounds release their slots
+                # during these checkpoints: gather until a round frees none, so that one
+                # claim serves all of them instead of one small claim each (a claim costs
+                # a round trip and a thread hop however many rows it takes).
+                while taken < MAX_BATCH:
+                    await trio.lowlevel.checkpoint()
+                    gained = 0
+                    while taken < MAX_BATCH:
+                        try:
+                            self._slots.acquire_nowait()
+                        except trio.WouldBlock:
+                            break
+                        taken += 1
+                        gained += 1
+                    if not gained:
+                        break
+                # With a backlog, free workers also wait a moment for others to finish.
+                want = min(self._config.workers // 2, MAX_BATCH)
+                if backlog and taken < want:
+                    with trio.move_on_after(CLAIM_LINGER):
+                        while taken < want:
+                            await self._slots.acquire()
+                            taken += 1
+            except BaseException:
+                # Cancelled (shutdown) while gathering: the slots were never used.
+                self._release_slots(taken)
+                raise
+            return taken
 
     def _release_slots(self, n: int) -> None:
         for _ in range(n):
@@ -282,7 +305,7 @@ class WorkerPool:
                         if self._drain:
                             return
                         await self._gate.wait_resumed()
-                    free = await self._take_slots()
+                    free = await self._take_slots(busy)
                     try:
                         popped = {}
                         if busy or self._drain:
