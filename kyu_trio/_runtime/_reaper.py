@@ -17,6 +17,9 @@ from ._service import Context, ticker
 BATCH = 1000
 #: Pending rows checked against the broker per pass; the sweep resumes where it stopped.
 SWEEP_PER_PASS = 20_000
+#: How long the sweep waits before looking again at pending ids the broker lacks: longer
+#: than a fetcher's pop-to-claim, so that ids in flight are not pushed twice (seconds).
+SWEEP_SETTLE = 0.25
 
 
 def lost_worker_message(job: Job) -> str:
@@ -100,8 +103,13 @@ class Reaper:
             missing = await ctx.broker.missing(ctx.queue, [r.id for r in page])
             if missing:
                 # A fetcher may have popped some of these a moment ago and be claiming
-                # them now: push only those still pending after that round trip.
-                lost = await ctx.store.pending_among(ctx.queue, missing)
+                # them now (under load, 2 processes had 50 to 250 ids in flight): look
+                # again once such a claim has had time to finish, and push only those
+                # still missing and still pending. Pushing an id in flight would not lose
+                # anything, but its second pop claims nothing and costs a round trip.
+                await trio.sleep(SWEEP_SETTLE)
+                missing = await ctx.broker.missing(ctx.queue, missing)
+                lost = await ctx.store.pending_among(ctx.queue, missing) if missing else []
                 if lost:
                     await ctx.broker.push(ctx.queue, lost)
                     ctx.log.warning("pushed %d pending jobs missing from the broker", len(lost))

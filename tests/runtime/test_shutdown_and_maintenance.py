@@ -11,6 +11,7 @@ import trio
 
 from kyu_trio import JobStatus, KyuConnectionError, MemoryBroker, current_job
 from kyu_trio._ports import Lease, Ready
+from kyu_trio._runtime._reaper import SWEEP_SETTLE
 
 from .conftest import Harness
 
@@ -407,3 +408,28 @@ async def test_enqueue_with_redis_away_commits_logs_and_the_sweep_pushes_later(
             await trio.sleep(15)  # one reaper pass: its sweep pushes the missing id
             nursery.cancel_scope.cancel()
     assert ran == ["p"]
+
+
+async def test_the_sweep_does_not_push_an_id_a_fetcher_is_claiming(
+    autojump_clock: Any, harness: Harness
+) -> None:
+    # Under load the sweep used to find ids popped a moment ago, whose claim was still on
+    # its way, and push them again: a second pop that claims nothing.
+    queue = harness.queue()
+    name = queue.config.queue_name
+    async with queue:
+        in_flight = await queue.enqueue("t", "")
+        lost = await queue.enqueue("t", "")
+        popped = await harness.broker.pop(name, 1)
+        assert list(popped) == [in_flight]
+        await harness.broker.remove(name, [lost])
+        reaper = queue._runtime.reaper  # type: ignore[union-attr]
+
+        async def claim_soon() -> None:
+            await trio.sleep(SWEEP_SETTLE / 2)
+            await harness.store.claim_jobs(name, [in_flight], "w", harness.clock.now())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(claim_soon)
+            await reaper.run_once()
+    assert set(harness.broker.sets[name]) == {lost}
