@@ -49,6 +49,20 @@ def client_single(queue_name: str, n: int) -> float:
         return n / (time.perf_counter() - started)
 
 
+def transactional_single(queue_name: str, n: int) -> float:
+    """Enqueues through the caller's connection (``conn=``), each in its own transaction,
+    committed before the next (durable on return of the COMMIT); the serving workers'
+    listener, not the producer, pushes the ids (nobody serves this queue here)."""
+    with Client(config(queue_name)) as client, psycopg.connect(DSN) as conn:
+        with conn.transaction():
+            client.enqueue("noop", None, conn=conn)
+        started = time.perf_counter()
+        for _ in range(n):
+            with conn.transaction():
+                client.enqueue("noop", None, conn=conn)
+        return n / (time.perf_counter() - started)
+
+
 async def asyncio_single(queue_name: str, n: int) -> float:
     async with AsyncioClient(config(queue_name)) as client:
         await client.enqueue("noop", None)

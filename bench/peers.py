@@ -40,6 +40,7 @@ with ``--defaults-only``, bench/results/peers-defaults.md and peers-defaults.jso
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -74,7 +75,8 @@ from ._common import (
     run_workers,
     write_results,
 )
-from .throughput import cleanup, enqueue_figures
+from .clients import asyncio_single, client_single, transactional_single
+from .throughput import cleanup, enqueue_figures, single_enqueue_floor
 
 BENCH = ROOT / "bench"
 VENVS = BENCH / ".venvs"
@@ -587,17 +589,33 @@ def run_peer(peer: Peer, args: argparse.Namespace, defaults: bool = False) -> di
 
 
 def run_kyu(args: argparse.Namespace) -> dict[str, Any]:
-    """kyu-trio exactly as bench/throughput.py runs it."""
+    """kyu-trio exactly as bench/throughput.py runs it, plus its single enqueue through each
+    client, in the caller's transaction, and the bare INSERT + ZADD loop under them."""
     queue = new_queue_name("peers")
+    extra = [queue + suffix for suffix in ("-single", "-client", "-asyncio", "-tx", "-floor")]
     try:
         figures: dict[str, Any] = dict(trio.run(enqueue_figures, queue, args.jobs, args.single))
+        if args.single:
+            figures.update(single_figures(queue, args.single))
         figures["processed"] = run_workers(
             "bench._kyu_worker", queue, args.processes, args.workers, args.jobs
         )
     finally:
-        cleanup(queue, queue + "-single")
+        cleanup(queue, *extra)
     figures["processed_jobs_per_s"] = figures["processed"]["jobs_per_s"]
     return figures
+
+
+def single_figures(queue: str, single: int) -> dict[str, float]:
+    """Single enqueue jobs/s, durable on return, through `Client`, `AsyncioClient`, a
+    transaction of the caller's per job (``conn=``, committed before the next), and the
+    floor: the same INSERT and ZADD in a bare blocking loop (bench/throughput.py)."""
+    return {
+        "single_enqueue_client_per_s": client_single(queue + "-client", single),
+        "single_enqueue_asyncio_per_s": asyncio.run(asyncio_single(queue + "-asyncio", single)),
+        "single_enqueue_transactional_per_s": transactional_single(queue + "-tx", single),
+        "single_enqueue_floor_per_s": single_enqueue_floor(queue + "-floor", single),
+    }
 
 
 def run_kyu_incr(args: argparse.Namespace, defaults: str | None = None) -> dict[str, Any]:
@@ -639,6 +657,20 @@ def run_kyu_incr(args: argparse.Namespace, defaults: str | None = None) -> dict[
 # ---- report ----------------------------------------------------------------------------------
 
 FIGURES = ("single_enqueue_per_s", "bulk_enqueue_per_s", "processed_jobs_per_s")
+#: kyu-trio's other single enqueue figures (run_kyu), medians like FIGURES.
+SINGLES = (
+    ("single_enqueue_per_s", "kyu-trio, `Queue.enqueue` (trio)"),
+    ("single_enqueue_client_per_s", "kyu-trio, `Client.enqueue` (threads)"),
+    ("single_enqueue_asyncio_per_s", "kyu-trio, `AsyncioClient.enqueue` (asyncio)"),
+    (
+        "single_enqueue_transactional_per_s",
+        "kyu-trio, `Client.enqueue(conn=...)`, one transaction per job, committed",
+    ),
+    (
+        "single_enqueue_floor_per_s",
+        "floor: the same INSERT then ZADD in a bare blocking loop (no framework)",
+    ),
+)
 KYU = "kyu-trio"
 KYU_INCR = "kyu-trio + INCR"
 KYUS = (KYU, KYU_INCR)
@@ -692,7 +724,7 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if not ok:
         return {"failed": runs[-1]["failed"], "runs": runs}
     out: dict[str, Any] = {"runs": runs}
-    for key in FIGURES:
+    for key in (*FIGURES, *(k for k, _ in SINGLES[1:])):
         values = [r[key] for r in ok if r.get(key) is not None]
         out[key] = statistics.median(values) if values else None
     if len(ok) < len(runs):
@@ -712,6 +744,33 @@ def _rx(r: float | None) -> str:
     if r is None:
         return "-"
     return f"{r:.2f}x" if r < 1 else f"{r:.1f}x"
+
+
+def single_section(systems: dict[str, dict[str, Any]], ok: list[str]) -> list[str]:
+    """kyu-trio's single enqueue through each client, and the PostgreSQL-backed peers'."""
+    kyu = systems.get(KYU, {})
+    pg_peers = [
+        n for n in ok if PEERS[n].store == "PostgreSQL" and systems[n].get("single_enqueue_per_s")
+    ]
+    if "failed" in kyu or not kyu.get("single_enqueue_client_per_s"):
+        return []
+    best = max(pg_peers, key=lambda n: systems[n]["single_enqueue_per_s"], default=None)
+    theirs = systems[best]["single_enqueue_per_s"] if best else None
+    lines = [
+        "## Single enqueue, durable on return",
+        "",
+        "One job per call, each call returning once the row is committed "
+        "(`synchronous_commit` on), the next call after it.",
+        "",
+        f"| how | jobs/s | / {best or 'best PostgreSQL peer'} |",
+        "|---|---:|---:|",
+    ]
+    for key, label in SINGLES:
+        lines.append(f"| {label} | {_num(kyu.get(key))} | {_rx(_ratio(kyu.get(key), theirs))} |")
+    for name in pg_peers:
+        lines.append(f"| {name} | {_num(systems[name]['single_enqueue_per_s'])} | |")
+    lines.append("")
+    return lines
 
 
 def summarize(data: dict[str, Any]) -> str:
@@ -811,10 +870,12 @@ def summarize(data: dict[str, Any]) -> str:
         ]
     lines += [
         "",
+        "The processed ratios compare kyu-trio + INCR with each peer: the same job body. "
         "Single enqueue: the PostgreSQL-backed systems (kyu-trio, procrastinate, pgqueuer) "
         "return once the job is committed; the Redis-only peers return before anything is "
         "durable on disk.",
         "",
+        *single_section(systems, ok),
         "## How each system ran",
         "",
         f"- **kyu-trio**: bench/_kyu_worker.py, {args['processes']} processes x "
@@ -1072,10 +1133,15 @@ def main() -> None:
             "freeze": freeze(venv) if (venv / "bin" / "python").exists() else [],
         }
     kyu = data["systems"].get(KYU, {})
+    incr = data["systems"].get(KYU_INCR, {})
     for name in peers:
         system = data["systems"][name]
         if "failed" not in system and "failed" not in kyu:
             system["ratio"] = {k: _ratio(kyu.get(k), system.get(k)) for k in FIGURES}
+            # Processed jobs/s is compared on the same job body: the peers' INCR.
+            system["ratio"][KYU_FIG] = (
+                None if "failed" in incr else _ratio(incr.get(KYU_FIG), system.get(KYU_FIG))
+            )
     data["load_after"] = os.getloadavg()
     data["total_seconds"] = time.perf_counter() - started
     if args.defaults_only:
