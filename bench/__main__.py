@@ -162,9 +162,19 @@ def summary() -> str:
                     "single_enqueue_per_s",
                 )
             )
+        compared.append(
+            (
+                kyu.get("bulk_enqueue_floor_per_s"),
+                "bulk enqueue jobs/s, bare NEXT_SEQS + COPY + ZADD loop (its floor) (bench.peers)",
+                None,
+                None,
+                "bulk_enqueue_per_s",
+            )
+        )
         for key, how in (
             ("single_enqueue_transactional_per_s", "in the caller's transaction (conn=)"),
             ("single_enqueue_floor_per_s", "bare blocking INSERT + ZADD loop (the floor)"),
+            ("single_insert_floor_per_s", "bare blocking INSERT alone, no push (one statement)"),
         ):
             compared.append(
                 (
@@ -328,7 +338,9 @@ def summary() -> str:
                 (
                     f"scheduler tick promoting {s['scheduled']:,} due jobs (bench.scale)",
                     f"{s['promote_all_s']:.2f} s",
-                    f"idle tick {s['idle_tick_s'] * 1000:.1f} ms",
+                    f"PostgreSQL alone {s['promote_in_server_s']:.2f} s"
+                    if "promote_in_server_s" in s
+                    else f"idle tick {s['idle_tick_s'] * 1000:.1f} ms",
                     "",
                     f"< 2 s: {verdict(s['promote_all_s'] < 2)}",
                 )

@@ -76,7 +76,13 @@ from ._common import (
     write_results,
 )
 from .clients import asyncio_single, client_single, transactional_single
-from .throughput import cleanup, enqueue_figures, single_enqueue_floor
+from .throughput import (
+    bulk_enqueue_floor,
+    cleanup,
+    enqueue_figures,
+    single_enqueue_floor,
+    single_insert_floor,
+)
 
 BENCH = ROOT / "bench"
 VENVS = BENCH / ".venvs"
@@ -597,6 +603,7 @@ def run_kyu(args: argparse.Namespace) -> dict[str, Any]:
         figures: dict[str, Any] = dict(trio.run(enqueue_figures, queue, args.jobs, args.single))
         if args.single:
             figures.update(single_figures(queue, args.single))
+        figures["bulk_enqueue_floor_per_s"] = bulk_enqueue_floor(queue + "-floor", args.jobs)
         figures["processed"] = run_workers(
             "bench._kyu_worker", queue, args.processes, args.workers, args.jobs
         )
@@ -615,6 +622,7 @@ def single_figures(queue: str, single: int) -> dict[str, float]:
         "single_enqueue_asyncio_per_s": asyncio.run(asyncio_single(queue + "-asyncio", single)),
         "single_enqueue_transactional_per_s": transactional_single(queue + "-tx", single),
         "single_enqueue_floor_per_s": single_enqueue_floor(queue + "-floor", single),
+        "single_insert_floor_per_s": single_insert_floor(queue + "-floor", single),
     }
 
 
@@ -670,6 +678,10 @@ SINGLES = (
         "single_enqueue_floor_per_s",
         "floor: the same INSERT then ZADD in a bare blocking loop (no framework)",
     ),
+    (
+        "single_insert_floor_per_s",
+        "floor of a one-statement enqueue: the same INSERT alone, no push, bare loop",
+    ),
 )
 KYU = "kyu-trio"
 KYU_INCR = "kyu-trio + INCR"
@@ -724,7 +736,7 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if not ok:
         return {"failed": runs[-1]["failed"], "runs": runs}
     out: dict[str, Any] = {"runs": runs}
-    for key in (*FIGURES, *(k for k, _ in SINGLES[1:])):
+    for key in (*FIGURES, *(k for k, _ in SINGLES[1:]), "bulk_enqueue_floor_per_s"):
         values = [r[key] for r in ok if r.get(key) is not None]
         out[key] = statistics.median(values) if values else None
     if len(ok) < len(runs):
@@ -770,6 +782,14 @@ def single_section(systems: dict[str, dict[str, Any]], ok: list[str]) -> list[st
     for name in pg_peers:
         lines.append(f"| {name} | {_num(systems[name]['single_enqueue_per_s'])} | |")
     lines.append("")
+    if kyu.get("bulk_enqueue_floor_per_s"):
+        lines += [
+            "Bulk enqueue's floor, the same rows in a bare blocking loop (per batch of 1,000: "
+            "the sequence numbers, one COPY, one ZADD): "
+            f"{_num(kyu['bulk_enqueue_floor_per_s'])} jobs/s, against kyu-trio's "
+            f"{_num(kyu.get('bulk_enqueue_per_s'))}.",
+            "",
+        ]
     return lines
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -59,6 +60,43 @@ def single_enqueue_floor(queue_name: str, single: int) -> float:
             assert row is not None
             client.zadd(queue_name, {job_id: float(row[0])})
         return single / (time.perf_counter() - started)
+
+
+def single_insert_floor(queue_name: str, single: int) -> float:
+    """The floor of an enqueue that is one statement and no push (pgqueuer's shape): the
+    same committed INSERT in a bare blocking loop, nothing sent to Redis."""
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        started = time.perf_counter()
+        for _ in range(single):
+            conn.execute(FLOOR_INSERT, (str(uuid.uuid4()), queue_name)).fetchone()
+        return single / (time.perf_counter() - started)
+
+
+NEXT_SEQS = "SELECT nextval('kyu_jobs_seq') FROM generate_series(1, %s)"
+FLOOR_COPY = """
+COPY kyu_jobs (id, queue, job_type, payload, status, priority, seq, scheduled_at,
+               max_retries, job_timeout, created_at, updated_at)
+FROM STDIN
+"""
+
+
+def bulk_enqueue_floor(queue_name: str, jobs: int) -> float:
+    """The floor of kyu-trio's bulk enqueue: per batch of 1,000, the batch's sequence
+    numbers, one COPY of its rows (committed) and one ZADD, in a bare blocking loop."""
+    client = redis.Redis.from_url(REDIS_URL)
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        started = time.perf_counter()
+        for _ in range(jobs // 1000):
+            now = datetime.now(UTC)
+            seqs = [r[0] for r in conn.execute(NEXT_SEQS, (1000,))]
+            ids = [str(uuid.uuid4()) for _ in range(1000)]
+            with conn.cursor().copy(FLOOR_COPY) as copy:
+                for job_id, seq in zip(ids, seqs, strict=True):
+                    copy.write_row(
+                        (job_id, queue_name, "noop", "", "pending", 0, seq, now, 3, 30.0, now, now)
+                    )
+            client.zadd(queue_name, {i: float(s) for i, s in zip(ids, seqs, strict=True)})
+        return (jobs // 1000 * 1000) / (time.perf_counter() - started)
 
 
 def cleanup(*queues: str) -> None:
