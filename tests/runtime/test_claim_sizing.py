@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import trio
 
-from kyu_trio import Job
+from kyu_trio import Job, JobStatus
 from kyu_trio._runtime._pool import CLAIM_LINGER
 
 from .conftest import Harness
@@ -107,3 +107,30 @@ async def test_an_idle_queue_claims_a_new_job_at_once(
             assert started[-1] - enqueued < CLAIM_LINGER / 10
         queue.shutdown()
     assert len(started) == 3
+
+
+async def test_shutdown_while_a_fetcher_waits_for_workers_leaves_nothing_running(
+    autojump_clock: Any, harness: Harness
+) -> None:
+    # The fetcher waits (CLAIM_LINGER) for half of the workers when shutdown comes: the
+    # slots it holds go back and serve() returns with every job completed or pending.
+    queue = harness.queue(workers=10, shutdown_grace=5.0)
+    sizes = record_claims(harness)
+
+    @queue.handler("job")
+    async def job(payload: str) -> None:
+        await trio.sleep(float(payload))
+
+    async with queue:
+        ids = await queue.enqueue_many([("job", "1") for _ in range(1)])
+        ids += await queue.enqueue_many([("job", "100") for _ in range(9)])
+        ids += await queue.enqueue_many([("job", "0.1") for _ in range(20)])
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(queue.serve)
+                # At 1 s the short job ends; its worker waits for others (who run 100 s).
+                await trio.sleep(1.0 + CLAIM_LINGER / 2)
+                queue.shutdown()
+        statuses = {(await queue.inspect(i)).status for i in ids}
+    assert sizes == [10]  # the freed worker's claim never went out
+    assert statuses <= {JobStatus.COMPLETED, JobStatus.PENDING}
