@@ -426,7 +426,7 @@ def traced_enqueue(method: _F) -> _F:
 
         @functools.wraps(method)
         async def traced(self: Any, jobs: Any, *args: Any, **kwargs: Any) -> Any:
-            tracing = _hooks or _load()
+            tracing = hooks()
             if not tracing.enabled:
                 return await method(self, jobs, *args, **kwargs)
             transactional = kwargs.get("conn") is not None
@@ -439,7 +439,7 @@ def traced_enqueue(method: _F) -> _F:
 
     @functools.wraps(method)
     def traced_blocking(self: Any, jobs: Any, *args: Any, **kwargs: Any) -> Any:
-        tracing = _hooks or _load()
+        tracing = hooks()
         if not tracing.enabled:
             return method(self, jobs, *args, **kwargs)
         transactional = kwargs.get("conn") is not None
