@@ -196,14 +196,18 @@ def redis_url() -> str:
 
 @pytest.fixture
 def queue_name(request: pytest.FixtureRequest) -> Iterator[str]:
-    """A queue of this test's own; its Redis keys are deleted afterwards."""
+    """A queue of this test's own; its Redis keys, and those of the queues a test names
+    after it (``name + "-b"``), are deleted afterwards."""
     name = f"kyu:test-{uuid.uuid4().hex[:12]}"
     yield name
     if "redis_url" not in request.fixturenames:
         return  # this test never had Redis
     client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
     try:
-        client.delete(name, f"{name}:~epoch")
+        # The name is "kyu:test-" and hex digits: nothing in it is a glob pattern.
+        keys = list(client.scan_iter(match=f"{name}*", count=1000))
+        if keys:
+            client.delete(*keys)
     except redis.exceptions.RedisError:
         pass  # a test may stop its Redis; the next run's keys are its own anyway
     finally:

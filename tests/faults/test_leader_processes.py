@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import redis
 
 from kyu_trio._servers import PostgresServer, make_tmpdir
 
@@ -142,6 +143,9 @@ def test_maintenance_does_not_grow_with_processes_and_the_leader_fails_over(
                     handover = kill_the_leader(stats_pg.dsn_for(db), queue, procs)
             finally:
                 stop_workers(procs)
+                client = redis.Redis.from_url(redis_url)
+                client.delete(queue, f"{queue}:~epoch")
+                client.close()
     (m1, l1), (m8, l8) = counted[1], counted[8]
     print(
         f"\nover {WINDOW:.0f} s: maintenance statements 1 process {m1}, 8 processes {m8}; "
