@@ -20,6 +20,7 @@ from kyu_trio._broker._redis import RedisBroker
 from kyu_trio._runtime._metrics import Metrics
 from kyu_trio._runtime._scheduler import Scheduler
 from kyu_trio._runtime._service import Context
+from kyu_trio._store import _queries as q
 from kyu_trio._store._postgres import PostgresStore
 
 from ._common import DSN, REDIS_URL, machine, new_queue_name, run_workers, write_results
@@ -45,28 +46,16 @@ def insert_rows(queue: str, n: int, status: str, due: datetime) -> None:
         conn.execute("ANALYZE kyu_jobs")
 
 
-# The scheduler's promotion statement (PROMOTE_DUE, batches of 1,000) run by the server
-# itself until nothing is due: what promotion costs with no client, no round trip and no
-# push, the floor of a scheduler tick.
+# The scheduler's own promotion statement (PROMOTE_DUE, batches of 1,000), run by the
+# server itself until nothing is due: what promotion costs with no client, no round trip
+# and no push, the floor of a scheduler tick. PL/pgSQL has nowhere to put the RETURNING
+# rows, so they are left out; the parameters become the queue, now() and the batch.
 PROMOTE_IN_SERVER = """
 DO $$
 DECLARE n int;
 BEGIN
     LOOP
-        WITH due AS (
-            SELECT id, nextval('kyu_jobs_seq') AS new_seq FROM (
-                SELECT id FROM kyu_jobs
-                WHERE queue = {queue} AND status IN ('scheduled', 'failed')
-                  AND scheduled_at <= now()
-                ORDER BY scheduled_at, seq
-                LIMIT 1000
-                FOR UPDATE SKIP LOCKED
-            ) AS picked
-        )
-        UPDATE kyu_jobs AS j
-        SET status = 'pending', seq = due.new_seq, updated_at = now()
-        FROM due
-        WHERE j.id = due.id;
+        {statement};
         GET DIAGNOSTICS n = ROW_COUNT;
         EXIT WHEN n < 1000;
     END LOOP;
@@ -76,9 +65,19 @@ END $$
 
 def promote_in_server(queue: str) -> float:
     """Seconds PostgreSQL alone takes to promote every due job of ``queue``."""
+    statement = (
+        q.PROMOTE_DUE.split("RETURNING")[0]
+        .strip()
+        .replace("%(queue)s", "{queue}")
+        .replace("%(now)s", "now()")
+        .replace("%(limit)s", "1000")
+    )
+    block = sql.SQL(PROMOTE_IN_SERVER.replace("{statement}", statement)).format(
+        queue=sql.Literal(queue)
+    )
     with psycopg.connect(DSN, autocommit=True) as conn:
         started = time.perf_counter()
-        conn.execute(sql.SQL(PROMOTE_IN_SERVER).format(queue=sql.Literal(queue)))
+        conn.execute(block)
         return time.perf_counter() - started
 
 

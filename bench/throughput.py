@@ -18,6 +18,7 @@ import redis
 import trio
 
 from kyu_trio import Config, EnqueueRequest, Queue
+from kyu_trio._store import _queries as q
 
 from ._common import DSN, REDIS_URL, machine, new_queue_name, run_workers, write_results
 
@@ -72,40 +73,32 @@ def single_insert_floor(queue_name: str, single: int) -> float:
         return single / (time.perf_counter() - started)
 
 
-NEXT_SEQS = "SELECT nextval('kyu_jobs_seq') FROM generate_series(1, %s)"
-FLOOR_COPY = """
-COPY kyu_jobs (id, queue, job_type, payload, status, priority, seq, scheduled_at,
-               max_retries, job_timeout, created_at, updated_at)
-FROM STDIN
-"""
-
-
 def bulk_enqueue_floor(queue_name: str, jobs: int) -> float:
     """The floor of kyu-trio's bulk enqueue: per batch of 1,000, the batch's sequence
-    numbers, one COPY of its rows (committed) and one ZADD, in a bare blocking loop."""
+    numbers, one COPY of its rows (committed) and one ZADD, in a bare blocking loop: the
+    library's own statements, without its validation, pool or threads."""
     client = redis.Redis.from_url(REDIS_URL)
     with psycopg.connect(DSN, autocommit=True) as conn:
         started = time.perf_counter()
         for _ in range(jobs // 1000):
             now = datetime.now(UTC)
-            seqs = [r[0] for r in conn.execute(NEXT_SEQS, (1000,))]
+            seqs = [r[0] for r in conn.execute(q.NEXT_SEQS, (1000,))]
             ids = [str(uuid.uuid4()) for _ in range(1000)]
-            with conn.cursor().copy(FLOOR_COPY) as copy:
+            with conn.cursor().copy(q.COPY_JOBS) as copy:
                 for job_id, seq in zip(ids, seqs, strict=True):
-                    copy.write_row(
-                        (job_id, queue_name, "noop", "", "pending", 0, seq, now, 3, 30.0, now, now)
-                    )
+                    row = (job_id, queue_name, "noop", "", "pending", 0, seq, now, 3, 30.0)
+                    copy.write_row((*row, now, now, False, None))
             client.zadd(queue_name, {i: float(s) for i, s in zip(ids, seqs, strict=True)})
         return (jobs // 1000 * 1000) / (time.perf_counter() - started)
 
 
 def cleanup(*queues: str) -> None:
     with psycopg.connect(DSN, autocommit=True) as conn:
-        for q in queues:
-            conn.execute("DELETE FROM kyu_jobs WHERE queue = %s", (q,))
+        for name in queues:
+            conn.execute("DELETE FROM kyu_jobs WHERE queue = %s", (name,))
     client = redis.Redis.from_url(REDIS_URL)
-    for q in queues:
-        client.delete(q, f"{q}:~epoch")
+    for name in queues:
+        client.delete(name, f"{name}:~epoch")
 
 
 def main() -> None:

@@ -107,13 +107,12 @@ class ClaimGate:
             self._unpark_at[job_type] = when
             self._wake.set()
 
-    def has_limits(self) -> bool:
-        """Whether any job type of the queue is known to have limits here."""
-        return bool(self._limited)
-
     async def released(self, job_types: Iterable[str]) -> None:
         """Jobs of these types stopped running here: a slot of each limited one freed,
-        so one parked id of it goes back to the queue per job."""
+        so one parked id of it goes back to the queue per job. Costs nothing (not even
+        a look at ``job_types``) while no type of the queue is known to be limited."""
+        if not self._limited:
+            return
         counts = Counter(t for t in job_types if t in self._limited)
         ctx = self._ctx
         for job_type, n in counts.items():

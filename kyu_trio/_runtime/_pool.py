@@ -267,15 +267,8 @@ class WorkerPool:
                 # a round trip and a thread hop however many rows it takes).
                 while taken < MAX_BATCH:
                     await trio.lowlevel.checkpoint()
-                    gained = 0
-                    while taken < MAX_BATCH:
-                        try:
-                            self._slots.acquire_nowait()
-                        except trio.WouldBlock:
-                            break
-                        taken += 1
-                        gained += 1
-                    if not gained:
+                    before, taken = taken, self._grab_free_slots(taken)
+                    if taken == before:
                         break
                 # With a backlog, free workers also wait a moment for others to finish.
                 want = min(self._config.workers // 2, MAX_BATCH)
@@ -289,6 +282,16 @@ class WorkerPool:
                 self._release_slots(taken)
                 raise
             return taken
+
+    def _grab_free_slots(self, taken: int) -> int:
+        """Take every slot free now, up to `MAX_BATCH` in all; return how many are taken."""
+        while taken < MAX_BATCH:
+            try:
+                self._slots.acquire_nowait()
+            except trio.WouldBlock:
+                break
+            taken += 1
+        return taken
 
     def _release_slots(self, n: int) -> None:
         for _ in range(n):
@@ -733,8 +736,7 @@ class WorkerPool:
         unanswered = False
         with self._until_give_up():
             # A job that shows its outcome shows its last progress too.
-            if self._progress.has_pending():
-                await self._progress.flush_ended(o.job.id for o in outcomes)
+            await self._progress.flush_ended(o.job.id for o in outcomes)
             while unwritten:
                 unanswered = True
                 try:
@@ -772,8 +774,7 @@ class WorkerPool:
         ]
         if finished:
             await self._announce(finished)
-        if self._gate.has_limits():
-            await self._gate.released(o.job.job_type for o in outcomes)
+        await self._gate.released(o.job.job_type for o in outcomes)
 
     #: Until when announcing is off after Redis failed to answer one (trio time).
     _announce_quiet_until: float = -math.inf

@@ -114,16 +114,15 @@ class ProgressFlusher:
             with trio.CancelScope(shield=True), trio.move_on_after(FINAL_FLUSH_LIMIT):
                 await self._flush(None)
 
-    def has_pending(self) -> bool:
-        """Whether any progress waits to be written (a read without the lock: a value set
-        just after it is written by the flusher, as any other)."""
-        return bool(self._pending)
-
     async def flush_ended(self, ids: Iterable[str]) -> None:
         """Write the pending progress of these jobs, whose runs have ended, now: the
         completer calls it before writing their outcomes, so that a job that shows its
         outcome shows its last progress too. Costs nothing when none of them has any.
         Best effort: what is not written now stays pending for the flusher."""
+        if not self._pending:
+            # Read without the lock: a value set just after this is written by the
+            # flusher, as any other. Most batches end with no progress pending at all.
+            return
         with self._lock:
             ended = [job_id for job_id in ids if job_id in self._pending]
         if ended:

@@ -176,12 +176,18 @@ print("ok")
 """
 
 
-def test_installed_without_a_provider_the_hooks_are_off_until_one_is_set() -> None:
+def run_fresh(script: str) -> str:
+    """Run ``script`` in a fresh interpreter (OpenTelemetry's provider is process-wide and
+    can be set only once); return what it printed."""
     done = subprocess.run(
-        [sys.executable, "-c", WITHOUT_PROVIDER], capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "ok"
+    return done.stdout.strip()
+
+
+def test_installed_without_a_provider_the_hooks_are_off_until_one_is_set() -> None:
+    assert run_fresh(WITHOUT_PROVIDER) == "ok"
 
 
 ENQUEUE_WITHOUT_PROVIDER = """
@@ -226,8 +232,4 @@ print("ok")
 def test_installed_without_a_provider_an_enqueue_makes_no_span() -> None:
     # Until 2026-11-26 the enqueue wrapper used the hooks whenever the extra was
     # installed: a non-recording span per enqueue call (tens of µs) with no provider.
-    done = subprocess.run(
-        [sys.executable, "-c", ENQUEUE_WITHOUT_PROVIDER], capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "ok"
+    assert run_fresh(ENQUEUE_WITHOUT_PROVIDER) == "ok"
